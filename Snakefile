@@ -1,0 +1,25 @@
+# SSDD (Shimoda & Yanai, ICCV 2019) as a Snakemake workflow. See README.md and DESIGN.md.
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/psa.smk"
+include: "rules/crf.smk"
+include: "rules/static.smk"
+include: "rules/dynamic.smk"
+include: "rules/eval.smk"
+
+
+rule all:
+    input:
+        "results/miou.json",
+        "results/miou_baseline.json",
+        "results/table1.md",
+        "results/seeds.json",
+
+
+localrules:
+    all,
+    split_ids,
+    image_labels,
+    table1,

@@ -1,0 +1,18 @@
+# Dense CRF of the PSA seeds (DESIGN §3.3): p^K0 → p^A0, m^A0.
+
+
+rule crf:
+    input:
+        probs="results/psa/{shard}.h5",
+    output:
+        probs="results/crf/{shard}.h5",
+        masks=directory("results/masks/A0/{shard}"),
+    params:
+        cfg={k: config[k] for k in ("data", "crf")},
+    log:
+        "logs/crf/{shard}.log",
+    benchmark:
+        "benchmarks/crf/{shard}.tsv"
+    threads: 1
+    script:
+        "../workflow_scripts/crf.py"

