@@ -45,7 +45,7 @@ rule aff_labels:
     output:
         "results/aff_labels/{shard}.h5",
     params:
-        cfg={k: config[k] for k in ("data", "aff", "crf")},
+        cfg={k: config[k] for k in ("data", "aff")},
     log:
         "logs/aff_labels/{shard}.log",
     benchmark:

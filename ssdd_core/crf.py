@@ -29,7 +29,7 @@ def dense_crf(img: np.ndarray, probs: np.ndarray, params: CRFParams = CRFParams(
     ``addPairwiseBilateral(sxy, srgb, compat=bi_w)``; ``iters`` mean-field steps.
 
     Args:
-        img: (H, W, 3) uint8 RGB image (copied to a C-contiguous array).
+        img: (H, W, 3) uint8 RGB image (copied when not C-contiguous and writable).
         probs: (L, H, W) float probabilities over the L labels considered (present labels
             only in training stages; all 21 at test time). Need not be normalised.
         params: kernel settings.
@@ -43,6 +43,8 @@ def dense_crf(img: np.ndarray, probs: np.ndarray, params: CRFParams = CRFParams(
     import pydensecrf.densecrf as dcrf
 
     img = np.ascontiguousarray(img, dtype=np.uint8)
+    if not img.flags.writeable:  # pydensecrf needs a writable buffer (e.g. np.asarray(PIL image))
+        img = img.copy()
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"dense_crf: image must be (H, W, 3) uint8, got {img.shape}")
     n, h, w = probs.shape

@@ -149,8 +149,8 @@ def cam(cfg: dict, cls_pt: str, ids_file: str, labels_json: str, out_h5: str, th
 def aff_labels(cfg: dict, data_root_cfg: dict, cam_h5: str, out_h5: str) -> dict:
     """la / ha affinity-label score maps (α = alpha_la / alpha_ha, each CRF-refined) for one shard."""
     voc = VOCRoot(data_root_cfg["root"], data_root_cfg["gt_dir"])
-    crf = CRFParams.from_config(cfg["crf"])
     a = cfg["aff"]
+    crf = CRFParams.from_config(a["crf"])
     ids = psa_mod_ids(cam_h5)
     t0 = time.time()
     with H5Writer(out_h5) as w:

@@ -1,0 +1,102 @@
+"""Data layer on real VOC files, and the bad-input errors (issue: reliability)."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from ssdd_core.data import DataError, VOCRoot, image_label_table
+from ssdd_core.io import ArtifactError, load_mask_png, save_mask
+
+
+def test_labels_from_training_masks(sample):
+    ids = sample.read_ids("train_aug")
+    assert len(ids) == 160
+    labs = sample.image_labels(ids[0])
+    m = sample.load_mask(ids[0])
+    assert set(labs.tolist()) == {int(c) for c in np.unique(m) if 1 <= c <= 20}
+    img = sample.load_image(ids[0])
+    assert img.dtype == np.uint8 and img.shape[:2] == m.shape and img.flags.c_contiguous
+
+
+def test_labels_from_xml_when_present(tmp_path, sample):
+    root = tmp_path / "VOC"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "Annotations").mkdir()
+    i = sample.read_ids("train_aug")[0]
+    (root / "JPEGImages" / f"{i}.jpg").write_bytes(sample.image_path(i).read_bytes())
+    (root / "Annotations" / f"{i}.xml").write_text(
+        "<annotation><object><name>dog</name></object><object><name>person</name></object>"
+        "<object><name>dog</name></object></annotation>")
+    assert VOCRoot(root).image_labels(i).tolist() == [12, 15]
+
+
+def test_palette_png_roundtrip(tmp_path):
+    m = np.random.default_rng(0).integers(0, 21, (37, 53)).astype(np.uint8)
+    m[0, 0] = 255
+    save_mask(tmp_path / "m.png", m)
+    assert Image.open(tmp_path / "m.png").mode == "P"
+    np.testing.assert_array_equal(load_mask_png(tmp_path / "m.png"), m)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def test_missing_root_and_missing_jpeg(tmp_path, sample):
+    with pytest.raises(DataError, match="does not exist"):
+        VOCRoot(tmp_path / "nope")
+    root = tmp_path / "VOC"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "ids.txt").write_text("2007_999999\n")
+    voc = VOCRoot(root)
+    with pytest.raises(DataError, match="2007_999999.*does not exist"):
+        voc.check_ids(voc.read_ids(str(root / "ids.txt")))
+
+
+def test_truncated_jpeg(tmp_path, sample):
+    root = tmp_path / "VOC"
+    (root / "JPEGImages").mkdir(parents=True)
+    i = sample.read_ids("train_aug")[0]
+    data = sample.image_path(i).read_bytes()
+    (root / "JPEGImages" / f"{i}.jpg").write_bytes(data[: len(data) // 3])
+    with pytest.raises(DataError, match=f"{i}.jpg: cannot decode"):
+        VOCRoot(root).load_image(i)
+
+
+def test_mask_size_and_label_errors(tmp_path, sample):
+    root = tmp_path / "VOC"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClassAug").mkdir()
+    voc = VOCRoot(root)
+    save_mask(root / "SegmentationClassAug" / "a.png", np.zeros((10, 12), np.uint8))
+    with pytest.raises(DataError, match="a.png: mask size 12x10 differs from its image 13x10"):
+        voc.load_mask("a", expect_shape=(10, 13))
+    bad = np.zeros((10, 12), np.uint8)
+    bad[3, 3] = 42
+    save_mask(root / "SegmentationClassAug" / "b.png", bad)
+    with pytest.raises(DataError, match=r"b.png: mask has label\(s\) \[42\]"):
+        voc.load_mask("b")
+
+
+def test_empty_label_set_is_skipped_with_warning(tmp_path, caplog):
+    root = tmp_path / "VOC"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClassAug").mkdir()
+    save_mask(root / "SegmentationClassAug" / "bgonly.png", np.zeros((4, 4), np.uint8))
+    m = np.zeros((4, 4), np.uint8)
+    m[1, 1] = 8
+    save_mask(root / "SegmentationClassAug" / "cat.png", m)
+    with caplog.at_level("WARNING"):
+        labels, skipped = image_label_table(VOCRoot(root), ["bgonly", "cat"])
+    assert labels == {"cat": [8]} and skipped == ["bgonly"]
+    assert "bgonly" in caplog.text
+
+
+def test_truncated_checkpoint(tmp_path):
+    import torch
+    from ssdd_core.io import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path / "c.pt", {"w": torch.ones(100)})
+    raw = (tmp_path / "c.pt").read_bytes()
+    (tmp_path / "t.pt").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ArtifactError, match="t.pt: cannot load checkpoint"):
+        load_checkpoint(tmp_path / "t.pt")
+    with pytest.raises(ValueError, match="non-finite"):
+        save_checkpoint(tmp_path / "n.pt", {"w": torch.tensor([float("nan")])})
+    assert not (tmp_path / "n.pt").exists()

@@ -1,0 +1,82 @@
+"""PSA and CRF pieces on real images (DESIGN §3.2-3.3)."""
+import numpy as np
+import pytest
+import torch
+
+from ssdd_core import psa
+from ssdd_core.crf import CRFParams, dense_crf
+from ssdd_core.models.backbones import build_backbone
+from ssdd_core.models.nets import AffinityNet, Classifier
+
+
+@pytest.fixture(scope="module")
+def real(sample):
+    i = sample.read_ids("train_aug")[3]
+    img = sample.load_image(i)
+    # keep tests fast: a real image at half size
+    from ssdd_core.data import resize_image, resize_mask
+    h, w = img.shape[0] // 2, img.shape[1] // 2
+    return resize_image(img, (h, w)), resize_mask(sample.load_mask(i), (h, w)), sample.image_labels(i).tolist()
+
+
+def test_cam_shapes_and_range(real):
+    img, _, labels = real
+    torch.manual_seed(0)
+    model = Classifier(build_backbone("efficientnet_lite0", 16)).eval()
+    cam = psa.compute_cam(model, img, labels, scales=(1.0, 0.5), flip=True)
+    assert cam.shape == (len(labels),) + img.shape[:2] and cam.dtype == np.float32
+    assert cam.min() >= 0 and np.allclose(cam.reshape(len(labels), -1).max(1), 1.0, atol=1e-5)
+
+
+def test_affinity_label_rule():
+    # 2 present classes on a 4x4 image, stride 2 → 2x2 grid
+    la = torch.zeros(3, 4, 4)
+    ha = torch.zeros(3, 4, 4)
+    la[1, :2, :2] = 1.0   # cell (0,0): la says class 1 (confident fg)
+    ha[1, :2, :2] = 1.0   #             and ha does not say bg
+    la[0, :2, 2:] = 1.0   # cell (0,1): la says bg → 255 unless ha says bg
+    ha[0, :2, 2:] = 1.0   #             ha says bg → 0
+    la[0, 2:, :2] = 1.0   # cell (1,0): la bg, ha fg → 255
+    ha[2, 2:, :2] = 1.0
+    la[2, 2:, 2:] = 1.0   # cell (1,1): la class 2 but outside the image → 255
+    valid = torch.ones(4, 4)
+    valid[2:, 2:] = 0
+    lab = psa.labels_from_scores(la, ha, valid, 2)
+    assert lab.tolist() == [[1, 0], [255, 255]]
+
+
+def test_pair_offsets_radius():
+    offs = psa.pair_offsets(5)
+    assert all(dy * dy + dx * dx < 25 for dy, dx in offs)
+    assert (0, 0) not in offs and (0, 5) not in offs and (3, 4) not in offs and (4, 2) in offs
+    full = set(offs) | {(-dy, -dx) for dy, dx in offs}
+    assert len(full) == 2 * len(offs)  # each ± pair once
+
+
+def test_random_walk_rows_sum_to_one_and_probabilities(real):
+    img, _, labels = real
+    torch.manual_seed(0)
+    aff = AffinityNet(build_backbone("efficientnet_lite0", 16), 8).eval()
+    x = torch.randn(1, 3, 64, 96)
+    T = psa.transition_matrix(aff(x), radius=5, beta=8)
+    rows = torch.sparse.sum(T.to_sparse_coo(), 1).to_dense()
+    assert torch.allclose(rows, torch.ones_like(rows), atol=1e-5)
+    cam = np.random.default_rng(0).random((len(labels),) + img.shape[:2]).astype(np.float32)
+    p = psa.random_walk(aff, img, cam, logt=3)
+    assert p.shape == (len(labels) + 1,) + img.shape[:2]
+    assert np.allclose(p.sum(0), 1, atol=1e-4) and p.min() >= 0
+
+
+def test_crf_valid_and_changes_input(real):
+    img, gt, labels = real
+    rng = np.random.default_rng(0)
+    probs = rng.random((len(labels) + 1,) + img.shape[:2]).astype(np.float32)
+    probs /= probs.sum(0)
+    q = dense_crf(img, probs, CRFParams())
+    assert q.shape == probs.shape and np.allclose(q.sum(0), 1, atol=1e-4) and q.min() >= 0
+    assert np.abs(q - probs).mean() > 0.05
+    # noisy label maps get smoother: fewer label changes between neighbours
+    edges = lambda m: (m[1:] != m[:-1]).sum() + (m[:, 1:] != m[:, :-1]).sum()
+    assert edges(q.argmax(0)) < edges(probs.argmax(0)) / 2
+    with pytest.raises(ValueError, match="probs"):
+        dense_crf(img, probs[:, :10], CRFParams())

@@ -1,0 +1,181 @@
+"""Training loop: resume, NaN guard, determinism; SSDD training behaviour on real images."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ssdd_core.train import NonFiniteLoss, fit, make_static_step, seg_loss
+
+
+class ToyDS(torch.utils.data.Dataset):
+    def __init__(self, n=8):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(n, 4, generator=g)
+        self.y = (self.x.sum(1, keepdim=True) > 0).float()
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"x": self.x[i], "y": self.y[i]}
+
+    def set_epoch(self, e):
+        pass
+
+
+class Toy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Linear(4, 4)
+        self.b = torch.nn.Linear(4, 1)
+
+    def new_parameters(self):
+        return list(self.b.parameters())
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def toy_step(model, batch, device):
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(batch["x"]), batch["y"])
+    return loss, {"bce": float(loss)}
+
+
+def run(tmp_path, epochs, step=toy_step, **kw):
+    torch.manual_seed(0)
+    m = Toy()
+    res = fit(m, ToyDS(), step, str(tmp_path / "m.pt"), epochs=epochs, batch_size=2, lr=0.1, weight_decay=0,
+              schedule="cosine", device=torch.device("cpu"), seed=1, resume_key="k", **kw)
+    return m, res
+
+
+def test_resume_restores_optimizer_and_epoch(tmp_path):
+    full, res_full = run(tmp_path / "a", 3)
+    # interrupted run: killed at the first step of epoch 3, then rerun
+    state_src = tmp_path / "c"
+    state_src.mkdir()
+
+    class Kill(Exception):
+        pass
+
+    calls = {"n": 0}
+
+    def dying_step(model, batch, device):
+        calls["n"] += 1
+        if calls["n"] == 9:  # first step of epoch 3
+            raise Kill()
+        return toy_step(model, batch, device)
+
+    with pytest.raises(Kill):
+        run(state_src, 3, step=dying_step)
+    st = torch.load(state_src / "m.pt.resume", weights_only=True)
+    assert st["epoch"] == 2 and st["step"] == 8 and "optimizer" in st and st["optimizer"]["state"]
+    resumed, res = run(state_src, 3)
+    assert res["steps"] == res_full["steps"] == 12
+    for p, q in zip(resumed.parameters(), full.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
+    assert not (state_src / "m.pt.resume").exists()
+
+
+def test_nan_loss_stops_or_skips(tmp_path):
+    def nan_step(model, batch, device):
+        loss, parts = toy_step(model, batch, device)
+        return loss * float("nan"), {"bce": float("nan")}
+
+    with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 1: term\(s\) \['bce'\]"):
+        run(tmp_path, 1, step=nan_step)
+    assert not (tmp_path / "m.pt").exists()
+    _, res = run(tmp_path, 1, step=nan_step, nan_policy="skip")
+    assert res["skipped_batches"] == 4
+
+
+def test_training_is_deterministic(tmp_path):
+    _, a = run(tmp_path / "a", 2)
+    _, b = run(tmp_path / "b", 2)
+    assert a["history"] == b["history"]
+
+
+def test_seg_loss_balanced_vs_plain():
+    logits = torch.zeros(1, 21, 2, 2)
+    logits[0, 1, 0, 0] = 5.0
+    mask = torch.tensor([[[1, 0], [0, 255]]])
+    ce = torch.nn.functional.cross_entropy(logits, mask, ignore_index=255, reduction="none")[0]
+    assert torch.allclose(seg_loss(logits, mask, "plain"), ce[mask[0] != 255].mean())
+    assert torch.allclose(seg_loss(logits, mask, "balanced"), (ce[0, 0] + ce[mask[0] == 0].mean()) / 2)
+
+
+@pytest.fixture(scope="module")
+def seg_batch(sample):
+    """A real batch: images with a knowledge mask from the GT and an advice mask that is the
+    GT with one class eroded (so K and A differ in a structured, learnable way)."""
+    from ssdd_core.data import normalize, resize_image, resize_mask
+    ids = sample.read_ids("train_aug")[:4]
+    xs, mk, ma, y = [], [], [], []
+    for i in ids:
+        img = resize_image(sample.load_image(i), (96, 96))
+        gt = resize_mask(sample.load_mask(i), (24, 24)).astype(np.int64)
+        gt[gt == 255] = 0
+        adv = gt.copy()
+        adv[:, ::2][adv[:, ::2] > 0] = 0  # advice drops every other column of foreground
+        labels = sample.image_labels(i).tolist()
+        v = torch.zeros(21)
+        v[[0] + labels] = 1
+        xs.append(torch.from_numpy(normalize(img)))
+        mk.append(torch.from_numpy(gt))
+        ma.append(torch.from_numpy(adv))
+        y.append(v)
+    return {"img": torch.stack(xs), "K0": torch.stack(mk), "A0": torch.stack(ma), "y21": torch.stack(y)}
+
+
+def test_static_training_reduces_difference_loss(seg_batch):
+    from ssdd_core.models.backbones import build_backbone
+    from ssdd_core.models.nets import SegModel
+    from ssdd_core.train import make_optimizer
+
+    torch.manual_seed(0)
+    model = SegModel(build_backbone("efficientnet_lite0", 16), ("base",), ("d0",), hidden=32, dilation=2,
+                     dd_width=16, dd_stride=4).train()
+    step = make_static_step("balanced", flag_ratio=0.0)  # keep every sample
+    opt = make_optimizer(model, 1e-3, 0.0)
+    first = None
+    for it in range(25):
+        loss, parts = step(model, seg_batch, "cpu")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        first = parts["diff"] if first is None else first
+    assert math.isfinite(parts["diff"]) and parts["diff"] < 0.8 * first
+
+
+def test_dynamic_step_masks_have_no_grad(seg_batch):
+    from ssdd_core.crf import CRFParams
+    from ssdd_core.models.backbones import build_backbone
+    from ssdd_core.models.nets import SegModel
+    from ssdd_core.train import InLoopCRF, make_dynamic_step
+    from ssdd_core import ssdd
+
+    torch.manual_seed(0)
+    model = SegModel(build_backbone("efficientnet_lite0", 16), ("main", "sub"), ("d1", "d2"), hidden=32,
+                     dilation=2, dd_width=16, dd_stride=4).train()
+    seen = []
+    orig = ssdd.integrate
+
+    def spy(*a, **k):
+        out = orig(*a, **k)
+        seen.append(out)
+        return out
+
+    ssdd.integrate = spy
+    try:
+        batch = dict(seg_batch, D0=seg_batch["K0"],
+                     img_dd=torch.stack([torch.from_numpy(np.zeros((24, 24, 3), np.uint8))] * 4))
+        step = make_dynamic_step("balanced", InLoopCRF(CRFParams(iters=3), 0, 0.25),
+                                 {"b_dd": 0.4, "b_class": 1.0, "b_bg": 0.0})
+        loss, parts = step(model, batch, "cpu")
+    finally:
+        ssdd.integrate = orig
+    assert len(seen) == 2 and all(not m.requires_grad for m in seen)  # m^D1, m^D2
+    assert torch.isfinite(loss) and all(math.isfinite(v) for v in parts.values())
+    loss.backward()
+    assert model.ddnets["d2"].out.weight.grad is not None
