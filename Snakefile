@@ -2,12 +2,17 @@
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/psa.smk"
 include: "rules/crf.smk"
 include: "rules/static.smk"
 include: "rules/dynamic.smk"
 include: "rules/eval.smk"
+include: "rules/sweep.smk"
+include: "rules/report.smk"
 
 
 rule all:
@@ -16,6 +21,7 @@ rule all:
         "results/miou_baseline.json",
         "results/table1.md",
         "results/seeds.json",
+        "results/report/iou_bars.png",
 
 
 localrules:
@@ -23,3 +29,6 @@ localrules:
     split_ids,
     image_labels,
     table1,
+    sweep_table,
+    report_figures,
+    report_sweep,

@@ -453,3 +453,16 @@ def table1(miou_json: str, baseline_json: str, out_md: str) -> str:
     with atomic_path(out_md) as tmp:
         Path(tmp).write_text(text)
     return text
+
+
+def sweep_table(weights, seeds_jsons, out_json: str) -> dict:
+    """Collect the CRF sweep: per bilateral weight, K0 / A0 / D0 mIoU and the D0 − A0 gain."""
+    rows = []
+    for w, p in zip(weights, seeds_jsons):
+        s = read_json(p)["summary"]
+        rows.append({"bi_w": w, "K0": s["K0"], "A0": s["A0"], "D0": s["D0"],
+                     "D0_minus_A0": None if s["D0"] is None or s["A0"] is None else s["D0"] - s["A0"]})
+    write_json(out_json, {"rows": rows})
+    for r in rows:
+        log.info("bi_w=%s K0=%.4f A0=%.4f D0=%.4f", r["bi_w"], r["K0"], r["A0"], r["D0"])
+    return {"rows": rows}

@@ -155,7 +155,7 @@ def fit(model, dataset, step_fn: Callable, out_path: str, *, epochs: int, batch_
             parts = {"loss": float(loss), **parts}
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{float(loss):.4f}")
+            bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
         means = {k: v / max(1, n) for k, v in sums.items()}
         history.append({"epoch": epoch + 1, "steps": n, **means})
         logger.info("epoch %d/%d: %s", epoch + 1, epochs, " ".join(f"{k}={v:.4f}" for k, v in means.items()))

@@ -30,7 +30,7 @@ def copy_workflow(dst: Path) -> Path:
     """A runnable copy of the workflow in ``dst`` (code copied, data symlinked)."""
     for name in ("Snakefile", "config.yaml"):
         shutil.copy2(REPO / name, dst / name)
-    for name in ("rules", "workflow_scripts", "config", "profiles", "tests"):
+    for name in ("rules", "workflow_scripts", "config", "profiles", "tests", "report"):
         shutil.copytree(REPO / name, dst / name, ignore=shutil.ignore_patterns("__pycache__"))
     (dst / "data").mkdir()
     (dst / "data" / "voc12_sample").symlink_to(SAMPLE)

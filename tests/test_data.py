@@ -100,3 +100,67 @@ def test_truncated_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="non-finite"):
         save_checkpoint(tmp_path / "n.pt", {"w": torch.tensor([float("nan")])})
     assert not (tmp_path / "n.pt").exists()
+
+
+def test_h5_shard_missing_id(tmp_path):
+    from ssdd_core.io import H5Writer, read_h5
+
+    with H5Writer(tmp_path / "s.h5") as w:
+        w.add("a", cam=np.ones((2, 3, 3), np.float32), labels=np.array([1, 2]))
+    d = read_h5(tmp_path / "s.h5", "a")
+    assert d["cam"].dtype == np.float32 and d["labels"].tolist() == [1, 2]
+    with pytest.raises(ArtifactError, match=r"s.h5: no entry for id 'b'"):
+        read_h5(tmp_path / "s.h5", "b")
+    with pytest.raises(ArtifactError, match="HDF5 shard not found"):
+        read_h5(tmp_path / "missing.h5", "a")
+
+
+def test_h5_writer_is_atomic(tmp_path):
+    from ssdd_core.io import H5Writer
+
+    with H5Writer(tmp_path / "s.h5") as w:
+        w.add("a", x=np.zeros((2, 2), np.float32))
+    good = (tmp_path / "s.h5").read_bytes()
+    with pytest.raises(RuntimeError):
+        with H5Writer(tmp_path / "s.h5") as w:
+            w.add("b", x=np.zeros((2, 2), np.float32))
+            raise RuntimeError("killed")
+    assert (tmp_path / "s.h5").read_bytes() == good  # the finished artifact is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["s.h5"]
+
+
+def test_checkpoint_of_another_architecture(tmp_path):
+    import torch
+    from ssdd_core.io import save_checkpoint
+    from ssdd_core.models.backbones import build_backbone
+    from ssdd_core.models.nets import AffinityNet, Classifier
+    from ssdd_core.stages import _load_into
+
+    cls = Classifier(build_backbone("efficientnet_lite0", 16, pretrained=False))
+    save_checkpoint(tmp_path / "cls.pt", cls.state_dict())
+    aff = AffinityNet(build_backbone("efficientnet_lite0", 16, pretrained=False))
+    with pytest.raises(ArtifactError, match="cls.pt: checkpoint does not match the AffinityNet"):
+        _load_into(aff, tmp_path / "cls.pt")
+
+
+def test_backbone_weights_missing(tmp_path):
+    from ssdd_core.models.backbones import build_backbone
+
+    with pytest.raises(DataError, match="model.weights"):
+        build_backbone("resnet50", 16, weights=None)
+    with pytest.raises(DataError, match=r"weights file not found: .*nope.pth \(config key 'model.weights'\)"):
+        build_backbone("resnet38", 8, weights=str(tmp_path / "nope.pth"))
+    with pytest.raises(KeyError, match="unknown backbone"):
+        build_backbone("vgg", 8)
+
+
+def test_no_pickle_loading_in_code():
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for p in list((root / "ssdd_core").rglob("*.py")) + list((root / "workflow_scripts").glob("*.py")):
+        text = p.read_text()
+        assert "allow_pickle=True" not in text and "import pickle" not in text, p
+        for m in re.finditer(r"torch\.load\(([^)]*)\)", text):
+            assert "weights_only=True" in m.group(1), f"{p}: {m.group(0)}"

@@ -139,6 +139,21 @@ class DDNet(FrozenBNMixin, nn.Module):
                                         nn.ReLU(inplace=True))
         self.out = nn.Conv2d(width, 1, 1)
 
+    def features(self, e_high: torch.Tensor, e_low: torch.Tensor, size) -> torch.Tensor:
+        """Image branch: e^h and e^l (both detached) resized to ``size`` → (B, width, H, W).
+        It does not depend on the mask, so it is computed once for m^K and m^A."""
+        eh = F.interpolate(e_high.detach(), size, mode="bilinear", align_corners=False)
+        el = F.interpolate(e_low.detach(), size, mode="bilinear", align_corners=False)
+        return self.feat(torch.cat([eh, el], 1))
+
+    def head(self, f: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mask branch + bottleneck: f from :meth:`features`, mask (B, H, W) → (B, H, W) logits."""
+        m = mask.clone()
+        valid = m != 255
+        m[~valid] = 0
+        onehot = F.one_hot(m, NUM_CLASSES).permute(0, 3, 1, 2).to(f.dtype) * valid.unsqueeze(1).to(f.dtype)
+        return self.out(self.bottleneck(torch.cat([f, self.mask(onehot)], 1))).squeeze(1)
+
     def forward(self, e_high: torch.Tensor, e_low: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Difference logits.
 
@@ -149,16 +164,7 @@ class DDNet(FrozenBNMixin, nn.Module):
         Returns:
             (B, H, W) float logits; sigmoid = probability that ``mask`` is wrong there.
         """
-        size = mask.shape[-2:]
-        eh = F.interpolate(e_high.detach(), size, mode="bilinear", align_corners=False)
-        el = F.interpolate(e_low.detach(), size, mode="bilinear", align_corners=False)
-        f = self.feat(torch.cat([eh, el], 1))
-        m = mask.clone()
-        valid = m != 255
-        m[~valid] = 0
-        onehot = F.one_hot(m, NUM_CLASSES).permute(0, 3, 1, 2).float() * valid.unsqueeze(1).float()
-        g = self.mask(onehot)
-        return self.out(self.bottleneck(torch.cat([f, g], 1))).squeeze(1)
+        return self.head(self.features(e_high, e_low, mask.shape[-2:]), mask)
 
 
 class SegModel(FrozenBNMixin, nn.Module):
@@ -197,5 +203,10 @@ class SegModel(FrozenBNMixin, nn.Module):
         return out
 
     def dd(self, name: str, out: dict, head: str, mask: torch.Tensor) -> torch.Tensor:
-        """Apply DD-Net ``name`` to ``mask`` with head ``head``'s features → (B, H, W) logits."""
-        return self.ddnets[name](out[f"hidden/{head}"], out["low"], mask)
+        """Apply DD-Net ``name`` to ``mask`` with head ``head``'s features → (B, H, W) logits.
+
+        The mask-independent image branch is cached in ``out`` and shared by every mask."""
+        key = f"ddfeat/{name}/{head}/{tuple(mask.shape[-2:])}"
+        if key not in out:
+            out[key] = self.ddnets[name].features(out[f"hidden/{head}"], out["low"], mask.shape[-2:])
+        return self.ddnets[name].head(out[key], mask)
