@@ -183,3 +183,14 @@ def test_paper_config_dry_run_full_dag(wf, tmp_path):
                  "train_baseline", "train_dynamic", "infer", "score", "score_seeds", "table1", "sweep_crf",
                  "sweep_table"):
         assert f"\n{rule} " in p.stdout, rule
+
+
+def test_snakemake_report(tiny_run, tmp_path):
+    wf, _ = tiny_run
+    snakemake(wf, "--cores", "1", "all", "--configfile", "config/tiny.yaml")  # up to date after other tests
+    out = tmp_path / "report.html"
+    snakemake(wf, "--report", str(out), "--configfile", "config/tiny.yaml")
+    html = out.read_text(errors="replace")
+    assert out.stat().st_size > 50_000
+    for name in ("iou_bars.png", "seeds.csv", "losses.png", "gallery.png"):
+        assert name in html, name
