@@ -142,7 +142,25 @@ class VOCRoot:
                             f"outside 0..20 and not 255")
         return m
 
-    def image_labels(self, image_id: str) -> np.ndarray:
+    def image_size(self, image_id: str, decode: bool = True) -> tuple[int, int]:
+        """(H, W) of an image; with ``decode`` the whole JPEG is decoded, so a truncated or
+        corrupt file fails here, before any expensive stage.
+
+        Raises:
+            DataError: missing or undecodable file.
+        """
+        p = self.image_path(image_id)
+        if not p.exists():
+            raise DataError(f"image not found: {p}")
+        try:
+            with Image.open(p) as im:
+                if decode:
+                    im.load()
+                return im.size[1], im.size[0]
+        except Exception as e:
+            raise DataError(f"{p}: cannot decode image ({e})") from e
+
+    def image_labels(self, image_id: str, check_size: bool = False) -> np.ndarray:
         """Image-level foreground labels (DESIGN §3.1), sorted int64 values in 1..20.
 
         From ``Annotations/{id}.xml`` when that file exists, else the unique labels of the
@@ -157,13 +175,16 @@ class VOCRoot:
             names = {o.findtext("name", "").strip() for o in tree.getroot().iter("object")}
             labs = sorted(CLASS_NAMES.index(n) for n in names if n in CLASS_NAMES and n != "background")
             return np.array(labs, dtype=np.int64)
-        m = self.load_mask(image_id)
+        m = self.load_mask(image_id, self.image_size(image_id) if check_size else None)
         u = np.unique(m)
         return np.array([int(c) for c in u if 1 <= c <= 20], dtype=np.int64)
 
 
-def image_label_table(voc: VOCRoot, ids: Sequence[str]) -> tuple[dict[str, list[int]], list[str]]:
+def image_label_table(voc: VOCRoot, ids: Sequence[str], check: bool = True) -> tuple[dict[str, list[int]], list[str]]:
     """Image-level labels for many ids.
+
+    With ``check``, every image is decoded and its training mask must have the image's size,
+    so bad files stop the run at this first, cheap stage with a message naming the file.
 
     Returns:
         (labels, skipped): ``labels`` maps id → sorted list of foreground classes (1..20);
@@ -172,7 +193,9 @@ def image_label_table(voc: VOCRoot, ids: Sequence[str]) -> tuple[dict[str, list[
     """
     labels, skipped = {}, []
     for i in ids:
-        labs = voc.image_labels(i).tolist()
+        if check:
+            voc.image_size(i)
+        labs = voc.image_labels(i, check_size=check).tolist()
         if not labs:
             skipped.append(i)
             log.warning("id %s has an empty image-level label set; skipped", i)

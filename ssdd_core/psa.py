@@ -164,7 +164,7 @@ def affinity_loss(feat: torch.Tensor, labels: torch.Tensor, radius: int = 5) -> 
         counts["neg"] += int(neg.sum())
     terms = {k: sums[k] / max(1, counts[k]) if counts[k] else feat.sum() * 0.0 for k in sums}
     loss = terms["bg"] / 4 + terms["fg"] / 4 + terms["neg"] / 2
-    return loss, {k: float(v) for k, v in terms.items()}
+    return loss, {k: float(v.detach()) for k, v in terms.items()}
 
 
 def transition_matrix(feat: torch.Tensor, radius: int = 5, beta: float = 8.0) -> torch.Tensor:

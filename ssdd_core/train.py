@@ -152,10 +152,10 @@ def fit(model, dataset, step_fn: Callable, out_path: str, *, epochs: int, batch_
             scaler.update()
             step += 1
             n += 1
-            parts = {"loss": float(loss), **parts}
+            parts = {"loss": float(loss.detach()), **parts}
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
         means = {k: v / max(1, n) for k, v in sums.items()}
         history.append({"epoch": epoch + 1, "steps": n, **means})
         logger.info("epoch %d/%d: %s", epoch + 1, epochs, " ".join(f"{k}={v:.4f}" for k, v in means.items()))
@@ -216,7 +216,7 @@ def cls_step(model, batch, device):
     """Multilabel soft-margin loss of the PSA classifier."""
     x, y = batch["img"].to(device), batch["y"].to(device)
     loss = F.multilabel_soft_margin_loss(model(x), y)
-    return loss, {"cls": float(loss)}
+    return loss, {"cls": float(loss.detach())}
 
 
 def aff_step(model, batch, device):
@@ -235,7 +235,7 @@ def make_baseline_step(mask_key: str, loss_kind: str):
     def step(model, batch, device):
         out = model(batch["img"].to(device))
         loss = seg_loss(out["logits/base"], batch[mask_key].to(device), loss_kind)
-        return loss, {"seg": float(loss)}
+        return loss, {"seg": float(loss.detach())}
     return step
 
 
@@ -253,7 +253,7 @@ def make_static_step(loss_kind: str, flag_ratio: float = 0.5):
         dk = model.dd("d0", out, "base", mk)
         da = model.dd("d0", out, "base", ma)
         l_diff = (ssdd.difference_loss(dk, target, valid, keep) + ssdd.difference_loss(da, target, valid, keep)) / 2
-        return l_seg + l_diff, {"seg": float(l_seg), "diff": float(l_diff), "kept": float(keep.float().mean())}
+        return l_seg + l_diff, {"seg": float(l_seg.detach()), "diff": float(l_diff.detach()), "kept": float(keep.float().mean())}
 
     return step
 
@@ -335,7 +335,7 @@ def make_dynamic_step(loss_kind: str, crf: InLoopCRF, biases: dict, alpha: float
         l_diff = (ssdd.difference_loss(dk1, t1, v1, keep1) + ssdd.difference_loss(da1, t1, v1, keep1)
                   + ssdd.difference_loss(dd0, t20, v20) + ssdd.difference_loss(dd1, t21, v21)) / 4
         agree = float(((md2 == md0) | (md0 == 255)).float().mean())
-        return l_main + l_sub + l_diff, {"main": float(l_main), "sub": float(l_sub), "diff": float(l_diff),
+        return l_main + l_sub + l_diff, {"main": float(l_main.detach()), "sub": float(l_sub.detach()), "diff": float(l_diff.detach()),
                                          "d2_eq_d0": agree, "kept1": float(keep1.float().mean())}
 
     return step

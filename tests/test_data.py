@@ -78,6 +78,8 @@ def test_empty_label_set_is_skipped_with_warning(tmp_path, caplog):
     root = tmp_path / "VOC"
     (root / "JPEGImages").mkdir(parents=True)
     (root / "SegmentationClassAug").mkdir()
+    for name in ("bgonly", "cat"):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / "JPEGImages" / f"{name}.jpg")
     save_mask(root / "SegmentationClassAug" / "bgonly.png", np.zeros((4, 4), np.uint8))
     m = np.zeros((4, 4), np.uint8)
     m[1, 1] = 8
@@ -164,3 +166,24 @@ def test_no_pickle_loading_in_code():
         assert "allow_pickle=True" not in text and "import pickle" not in text, p
         for m in re.finditer(r"torch\.load\(([^)]*)\)", text):
             assert "weights_only=True" in m.group(1), f"{p}: {m.group(0)}"
+
+
+def test_label_table_checks_files_first(tmp_path, sample):
+    """The first stage decodes every image and checks mask sizes (fails before training)."""
+    root = tmp_path / "VOC"
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "SegmentationClassAug").mkdir()
+    ids = sample.read_ids("train_aug")[:2]
+    for i in ids:
+        (root / "JPEGImages" / f"{i}.jpg").write_bytes(sample.image_path(i).read_bytes())
+        (root / "SegmentationClassAug" / f"{i}.png").write_bytes(sample.mask_path(i).read_bytes())
+    voc = VOCRoot(root)
+    labels, _ = image_label_table(voc, ids)
+    assert len(labels) == 2
+    save_mask(root / "SegmentationClassAug" / f"{ids[1]}.png", np.ones((7, 9), np.uint8))
+    with pytest.raises(DataError, match=f"{ids[1]}.png: mask size 9x7 differs from its image"):
+        image_label_table(voc, ids)
+    data = sample.image_path(ids[0]).read_bytes()
+    (root / "JPEGImages" / f"{ids[0]}.jpg").write_bytes(data[:2000])
+    with pytest.raises(DataError, match=f"{ids[0]}.jpg: cannot decode image"):
+        image_label_table(voc, ids)

@@ -14,17 +14,25 @@ def wf(tmp_path_factory):
 
 
 @pytest.mark.parametrize("override, message", [
-    ("crf={'bi_w': -1}", "-1 is less than the minimum of 0"),
-    ("static={'b_class': -0.5}", "-0.5 is less than the minimum of 0"),
-    ("crf={'bogus_key': 1}", "Additional properties are not allowed ('bogus_key' was unexpected)"),
-    ("shards=two", "'two' is not of type 'integer'"),
-    ("device=tpu", "'tpu' is not one of"),
+    ({"crf": {"bi_w": -1}}, "-1 is less than the minimum of 0"),
+    ({"static": {"b_class": -0.5}}, "-0.5 is less than the minimum of 0"),
+    ({"crf": {"bogus_key": 1}}, "Additional properties are not allowed ('bogus_key' was unexpected)"),
+    ({"shards": "two"}, "'two' is not of type 'integer'"),
+    ({"device": "tpu"}, "'tpu' is not one of"),
+    ({"cls": {"epochs": 1.5}}, "1.5 is not of type 'integer'"),
 ])
-def test_bad_config_fails_before_any_job(wf, override, message):
-    p = snakemake(wf, "-n", "results/miou.json", "--config", override, check=False)
+def test_bad_config_fails_before_any_job(wf, tmp_path, override, message):
+    import yaml
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(override))
+    p = snakemake(wf, "-n", "results/miou.json", "--configfile", str(bad), check=False)
     out = p.stdout + p.stderr
     assert p.returncode != 0
     assert "Error validating config file" in out and message in out, out[-3000:]
+    key = [k for k in override][0]
+    assert f"schema['properties']['{key}']" in out  # the message names the key
+    assert not (wf / "results").exists() or not list((wf / "results").rglob("*.pt"))
 
 
 def test_dry_run_10582_ids_under_5s(wf, tmp_path):
@@ -34,12 +42,20 @@ def test_dry_run_10582_ids_under_5s(wf, tmp_path):
     ids = [f"2010_{i:06d}" for i in range(10582)]
     (root / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("\n".join(ids))
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids[:1449]))
-    t0 = time.time()
-    p = snakemake(wf, "-n", "all", "--config", f"data={{'root': '{root}'}}", f"eval={{'root': '{root}'}}",
-                  "shards=64")
-    dt = time.time() - t0
+    import resource
+
+    def cpu():
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    t0, c0 = time.time(), cpu()
+    p = snakemake(wf, "-n", "all", "--configfile", "config/paper.yaml", "--config", f"data={{'root': '{root}'}}",
+                  f"eval={{'root': '{root}'}}")
+    wall, cpu_s = time.time() - t0, cpu() - c0
     assert "train_dynamic" in p.stdout and "score_seeds" in p.stdout
-    assert dt < 5.0, f"dry run took {dt:.1f} s"
+    # CPU time, not wall time: the bound must hold on a busy CI machine too.
+    assert cpu_s < 5.0, f"dry run used {cpu_s:.1f} s of CPU ({wall:.1f} s wall)"
+    print(f"dry run, 10,582 ids, paper config (32 shards): {cpu_s:.2f} s CPU, {wall:.2f} s wall")
 
 
 @pytest.fixture(scope="module")
