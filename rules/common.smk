@@ -1,6 +1,10 @@
 # Helpers shared by every rule file: config validation, shard names, input functions.
 from snakemake.utils import validate
 
+from ssdd_core.config import coerce_cli_strings
+
+# `--config crf='{"bi_w": 5}'` arrives as strings: convert to the schema's types, then validate.
+coerce_cli_strings(config, workflow.source_path("../config/config.schema.yaml"))
 validate(config, schema="../config/config.schema.yaml")
 
 SHARDS = [f"{i:03d}" for i in range(config["shards"])]

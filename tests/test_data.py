@@ -187,3 +187,17 @@ def test_label_table_checks_files_first(tmp_path, sample):
     (root / "JPEGImages" / f"{ids[0]}.jpg").write_bytes(data[:2000])
     with pytest.raises(DataError, match=f"{ids[0]}.jpg: cannot decode image"):
         image_label_table(voc, ids)
+
+
+def test_cli_config_strings_are_coerced_by_schema():
+    from pathlib import Path
+    from ssdd_core.config import coerce_cli_strings
+
+    schema = Path(__file__).resolve().parents[1] / "config" / "config.schema.yaml"
+    cfg = {"crf": {"bi_w": "5", "iters": "10"}, "amp": "true", "model": {"weights": "null"},
+           "cam": {"scales": ["1.0", "0.5"]}, "data": {"train_split": "2007"}, "shards": "two"}
+    coerce_cli_strings(cfg, schema)
+    assert cfg["crf"] == {"bi_w": 5.0, "iters": 10} and cfg["amp"] is True and cfg["model"]["weights"] is None
+    assert cfg["cam"]["scales"] == [1.0, 0.5]
+    assert cfg["data"]["train_split"] == "2007"  # a string stays a string
+    assert cfg["shards"] == "two"  # not a number: left for validation to report

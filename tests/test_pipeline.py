@@ -141,6 +141,7 @@ def test_kill_mid_shard_then_rerun_is_identical(tiny_run):
     assert killed, "could not catch the crf job mid-shard"
     # the killed job left no finished-looking output
     assert not (a0 / "000").exists() or len(list((a0 / "000").glob("*.png"))) in (0, len(before) // 2)
+    snakemake(wf, "--unlock", "--configfile", "config/tiny.yaml")  # a killed Snakemake leaves its lock
     snakemake(wf, "--cores", "2", "all", "--configfile", "config/tiny.yaml")
     assert _tree_bytes(a0) == before  # complete and byte-identical (CRF is deterministic)
     assert not list((wf / "results").rglob("*.tmp"))
@@ -179,6 +180,7 @@ def test_train_static_resumes_after_kill(tiny_run):
     proc.wait()
     assert (wf / "results/models/static.pt.resume").exists(), "not killed between epochs"
     assert not (wf / "results/models/static.pt").exists()
+    snakemake(wf, "--unlock", "--configfile", "config/tiny.yaml", *over)
     snakemake(wf, "--cores", "2", "results/models/static.pt", "--configfile", "config/tiny.yaml", *over)
     text = log.read_text()
     assert "resuming from results/models/static.pt.resume: epoch 1 done, step 3" in text

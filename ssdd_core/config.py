@@ -1,0 +1,60 @@
+"""Config helpers that do not depend on Snakemake."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+
+def _coerce(value: str, types):
+    if isinstance(types, str):
+        types = [types]
+    low = value.strip().lower()
+    if "null" in types and low in ("null", "none", "~", ""):
+        return None
+    if "boolean" in types and low in ("true", "false"):
+        return low == "true"
+    if "integer" in types:
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    if "number" in types:
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+def coerce_cli_strings(config, schema: dict | str | Path):
+    """Turn strings into the scalar types the schema asks for, in place.
+
+    ``snakemake --config crf='{"bi_w": 5}'`` parses nested values with YAML's BaseLoader,
+    which keeps every scalar a string ('5'). Only values whose schema type is number,
+    integer, boolean or null (and not string) are converted; anything that does not parse
+    stays a string, so validation still reports it with the key's name.
+    """
+    if not isinstance(schema, dict):
+        schema = yaml.safe_load(Path(schema).read_text())
+
+    def walk(node, sch):
+        if not isinstance(sch, dict):
+            return node
+        if isinstance(node, dict):
+            props = sch.get("properties", {})
+            for k in list(node):
+                if k in props:
+                    node[k] = walk(node[k], props[k])
+            return node
+        if isinstance(node, list) and isinstance(sch.get("items"), dict):
+            return [walk(v, sch["items"]) for v in node]
+        types = sch.get("type")
+        tl = types if isinstance(types, list) else [types]
+        if isinstance(node, str) and "null" in tl and node.strip().lower() in ("null", "none", "~"):
+            return None
+        if isinstance(node, str) and types and "string" not in tl:
+            return _coerce(node, types)
+        return node
+
+    return walk(config, schema)
