@@ -29,6 +29,33 @@ class ArtifactError(RuntimeError):
     """A pipeline artifact (HDF5 shard, checkpoint, mask) is missing, truncated or inconsistent."""
 
 
+def _remove_stale_temps(path: Path) -> None:
+    """Remove temporaries of ``path`` left by a killed earlier writer (SIGKILL skips cleanup).
+
+    Only one job writes a given output at a time (Snakemake guarantees it), so any
+    ``.{name}.*.tmp`` next to it is a leftover.
+    """
+    import shutil
+
+    for p in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it over ``path``.
@@ -43,12 +70,14 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=(suffix if suffix is not None else path.suffix) + ".tmp",
                                dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files: use the usual mode
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -65,9 +94,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)

@@ -201,3 +201,32 @@ def test_cli_config_strings_are_coerced_by_schema():
     assert cfg["cam"]["scales"] == [1.0, 0.5]
     assert cfg["data"]["train_split"] == "2007"  # a string stays a string
     assert cfg["shards"] == "two"  # not a number: left for validation to report
+
+
+def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path):
+    from ssdd_core.io import atomic_dir, write_json
+
+    (tmp_path / ".000.abc.tmp").mkdir()
+    (tmp_path / ".000.abc.tmp" / "x.png").write_bytes(b"half")
+    (tmp_path / ".m.json.xyz.json.tmp").write_text("{")
+    (tmp_path / ".0001.keep.tmp").mkdir()  # another output's temp: untouched
+    with atomic_dir(tmp_path / "000") as d:
+        (d / "a.png").write_bytes(b"done")
+    write_json(tmp_path / "m.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".0001.keep.tmp", "000", "m.json"]
+
+
+def test_artifacts_get_the_usual_permissions(tmp_path):
+    import os
+    from ssdd_core.io import atomic_dir, write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "a.json", {})
+        with atomic_dir(tmp_path / "d") as d:
+            save_mask(d / "m.png", np.zeros((2, 2), np.uint8))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "d" / "m.png").stat().st_mode & 0o777 == 0o644
