@@ -35,6 +35,7 @@ def local_slurm(tmp_path):
 
 
 def test_tiny_pipeline_through_slurm_profile(local_slurm, tmp_path):
+    (tmp_path / "wf").mkdir()
     wf = copy_workflow(tmp_path / "wf")
     prof = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     prof["jobs"] = 2

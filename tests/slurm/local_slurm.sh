@@ -12,16 +12,23 @@ start)
         echo "installing slurm-wlm and munge" >&2
         (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge) >&2
     fi
-    mkdir -p "$D"/{munge/run,state/ctld,state/d,run,log,bin}
-    chmod 755 "$D" "$D/munge" "$D/munge/run"
-    key=/etc/munge/munge.key
-    [ -f "$key" ] || { dd if=/dev/urandom bs=1 count=1024 of="$D/munge/munge.key" 2>/dev/null; key="$D/munge/munge.key"; }
+    mkdir -p "$D"/{munge,state/ctld,state/d,run,log,bin}
+    # munged wants every folder on its socket's path traversable by all; test temp folders
+    # (e.g. pytest's, mode 700) are not, so the socket lives in its own folder under /tmp.
+    SOCKDIR=$(mktemp -d /tmp/ssdd-munge.XXXXXX)
+    chmod 755 "$SOCKDIR"
+    echo "$SOCKDIR" > "$D/run/sockdir"
+    SOCK="$SOCKDIR/munge.socket.2"
+    # our own key, owned by the user running munged (Debian's belongs to the munge user)
+    key="$D/munge/munge.key"
+    [ -f "$key" ] || dd if=/dev/urandom bs=1 count=1024 of="$key" 2>/dev/null
+    chmod 700 "$D/munge"
     chmod 600 "$key"
     cat > "$D/slurm.conf" <<CONF
 ClusterName=localcluster
 SlurmctldHost=localhost
 AuthType=auth/munge
-AuthInfo=socket=$D/munge/run/munge.socket.2
+AuthInfo=socket=$SOCK
 CredType=cred/munge
 SlurmUser=root
 SlurmdUser=root
@@ -53,14 +60,13 @@ CONF
         printf '#!/bin/sh\nexport SLURM_CONF=%s\nexec %s "$@"\n' "$D/slurm.conf" "$real" > "$D/bin/$c"
         chmod +x "$D/bin/$c"
     done
-    setsid munged -F --socket="$D/munge/run/munge.socket.2" --key-file="$key" \
+    setsid munged -F --socket="$SOCK" --key-file="$key" \
         --log-file="$D/log/munged.log" --pid-file="$D/run/munged.pid" --seed-file="$D/munge/seed" \
-        >/dev/null 2>&1 < /dev/null & echo $! > "$D/run/munged.ppid"
-    sleep 1
+        >"$D/log/munged.out" 2>&1 < /dev/null &
+    for i in $(seq 1 20); do [ -S "$SOCK" ] && break; sleep 0.5; done
+    [ -S "$SOCK" ] || { echo "munged did not start; see $D/log/munged.out" >&2; exit 1; }
     SLURM_CONF="$D/slurm.conf" setsid slurmctld -D -f "$D/slurm.conf" >"$D/log/ctld.out" 2>&1 < /dev/null &
-    echo $! > "$D/run/ctld.ppid"
     SLURM_CONF="$D/slurm.conf" setsid slurmd -D -N localhost -f "$D/slurm.conf" >"$D/log/d.out" 2>&1 < /dev/null &
-    echo $! > "$D/run/d.ppid"
     for i in $(seq 1 30); do
         if "$D/bin/sinfo" -h -o %t 2>/dev/null | grep -q idle; then echo "$D/bin"; exit 0; fi
         sleep 1
@@ -69,8 +75,10 @@ CONF
     exit 1
     ;;
 stop)
-    for f in d ctld munged; do
-        [ -f "$D/run/$f.ppid" ] && kill "$(cat "$D/run/$f.ppid")" 2>/dev/null || true
+    # the daemons' own pid files (setsid may fork, so $! is not their pid)
+    for f in slurmd slurmctld munged; do
+        [ -f "$D/run/$f.pid" ] && kill "$(cat "$D/run/$f.pid")" 2>/dev/null || true
     done
+    [ -f "$D/run/sockdir" ] && rm -rf "$(cat "$D/run/sockdir")"
     ;;
 esac
