@@ -160,11 +160,12 @@ class VOCRoot:
         except Exception as e:
             raise DataError(f"{p}: cannot decode image ({e})") from e
 
-    def image_labels(self, image_id: str, check_size: bool = False) -> np.ndarray:
+    def image_labels(self, image_id: str, expect_shape: tuple[int, int] | None = None) -> np.ndarray:
         """Image-level foreground labels (DESIGN §3.1), sorted int64 values in 1..20.
 
         From ``Annotations/{id}.xml`` when that file exists, else the unique labels of the
         GT mask (use the *training* GT folder here, never the evaluation one).
+        ``expect_shape`` (the image's (H, W)) makes a mask of another size an error.
         """
         xml = self.root / "Annotations" / f"{image_id}.xml"
         if xml.exists():
@@ -175,7 +176,7 @@ class VOCRoot:
             names = {o.findtext("name", "").strip() for o in tree.getroot().iter("object")}
             labs = sorted(CLASS_NAMES.index(n) for n in names if n in CLASS_NAMES and n != "background")
             return np.array(labs, dtype=np.int64)
-        m = self.load_mask(image_id, self.image_size(image_id) if check_size else None)
+        m = self.load_mask(image_id, expect_shape)
         u = np.unique(m)
         return np.array([int(c) for c in u if 1 <= c <= 20], dtype=np.int64)
 
@@ -193,9 +194,8 @@ def image_label_table(voc: VOCRoot, ids: Sequence[str], check: bool = True) -> t
     """
     labels, skipped = {}, []
     for i in ids:
-        if check:
-            voc.image_size(i)
-        labs = voc.image_labels(i, check_size=check).tolist()
+        size = voc.image_size(i) if check else None  # decodes the whole JPEG, once
+        labs = voc.image_labels(i, expect_shape=size).tolist()
         if not labs:
             skipped.append(i)
             log.warning("id %s has an empty image-level label set; skipped", i)

@@ -61,6 +61,10 @@ class ClsDataset(_Base):
         return size, flip, params
 
     def __getitem__(self, i):
+        return self._sample(i)[0]
+
+    def _sample(self, i):
+        """The item and the geometry (size, flip, crop params) it was cut with."""
         iid = self.ids[i]
         rng = self.rng(i)
         img = self.voc.load_image(iid)
@@ -71,8 +75,8 @@ class ClsDataset(_Base):
         if self.jitter:
             im = color_jitter(np.ascontiguousarray(im), rng, self.jitter)
         x = crop_array(normalize(np.ascontiguousarray(im)).transpose(1, 2, 0), self.crop, params, 0.0)
-        return {"img": torch.from_numpy(x.transpose(2, 0, 1).copy()), "y": multi_hot(self.labels[iid]),
-                "idx": i}
+        item = {"img": torch.from_numpy(x.transpose(2, 0, 1).copy()), "y": multi_hot(self.labels[iid]), "idx": i}
+        return item, (size, flip, params)
 
 
 class AffDataset(ClsDataset):
@@ -89,11 +93,8 @@ class AffDataset(ClsDataset):
         self.score_shard, self.stride = score_shard, stride
 
     def __getitem__(self, i):
-        item = super().__getitem__(i)
+        item, (size, flip, params) = self._sample(i)  # score maps get the image's geometry
         iid = self.ids[i]
-        rng = self.rng(i)
-        img = self.voc.load_image(iid)
-        size, flip, params = self.geometry(img, rng)  # same draws as the image
         d = read_h5(self.score_shard[iid], iid)
 
         def prep(t):

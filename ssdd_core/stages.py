@@ -16,7 +16,7 @@ from .crf import CRFParams, dense_crf
 from .data import NUM_CLASSES, VOCRoot, image_label_table
 from .datasets import AffDataset, ClsDataset, SegDataset
 from .infer import predict, static_integrate
-from .io import (ArtifactError, H5Writer, atomic_dir, load_checkpoint, load_mask_png, read_h5, read_json,
+from .io import (ArtifactError, H5Writer, atomic_dir, load_checkpoint, load_mask_png, read_h5, read_h5_ids, read_json,
                  save_mask, write_json)
 from .metrics import ConfusionMatrix
 from .models.backbones import build_backbone
@@ -409,24 +409,24 @@ def score_seeds(cfg: dict, split_files, mask_sets: dict, cam_h5s, out_json: str)
         mask_sets: name → list of shard folders aligned with ``split_files``.
     """
     voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
-    out = {}
-    for name, dirs in mask_sets.items():
-        cm = ConfusionMatrix()
-        for i, p in id_map(split_files, dirs, ".png").items():
-            if not Path(p).exists() or not voc.mask_path(i).exists():
-                continue
-            cm.update(load_mask_png(p), voc.load_mask(i))
-        out[name] = cm.compute()
-    cm = ConfusionMatrix()
+    maps = {name: id_map(split_files, dirs, ".png") for name, dirs in mask_sets.items()}
+    cms = {name: ConfusionMatrix() for name in [*mask_sets, "CAM"]}
+    cam_shard = {i: h for h in cam_h5s for i in read_h5_ids(h)}
     thr = cfg["cam"]["bg_threshold"]
-    for h in cam_h5s:
-        for i in psa_mod_ids(h):
-            if not voc.mask_path(i).exists():
-                continue
-            d = read_h5(h, i)
+    ids = sorted(set(cam_shard).union(*[set(m) for m in maps.values()]))
+    for i in ids:
+        if not voc.mask_path(i).exists():
+            continue
+        gt = voc.load_mask(i)  # once per id, for every mask set
+        for name, m in maps.items():
+            if i in m and Path(m[i]).exists():
+                cms[name].update(load_mask_png(m[i]), gt)
+        if i in cam_shard:
+            d = read_h5(cam_shard[i], i)
             sc = np.concatenate([np.full((1,) + d["cam"].shape[1:], thr, np.float32), d["cam"]], 0)
-            cm.update(psa_mod.full_label_map(sc.argmax(0), d["labels"]), voc.load_mask(i))
-    out["CAM"] = cm.compute()
+            cms["CAM"].update(psa_mod.full_label_map(sc.argmax(0), d["labels"]), gt)
+    out = {name: cm.compute() for name, cm in cms.items() if name != "CAM"}
+    out["CAM"] = cms["CAM"].compute()
     out["CAM"]["bg_threshold"] = thr
     summary = {k: v["miou"] for k, v in out.items()}
     write_json(out_json, {"summary": summary, **out})
