@@ -8,6 +8,7 @@ Nothing here unpickles data: checkpoints load with ``torch.load(weights_only=Tru
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -37,7 +38,7 @@ def _remove_stale_temps(path: Path) -> None:
     """
     import shutil
 
-    for p in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+    for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:
@@ -48,12 +49,6 @@ def _umask() -> int:
     m = os.umask(0)
     os.umask(m)
     return m
-
-
-def glob_escape(name: str) -> str:
-    import glob
-
-    return glob.escape(name)
 
 
 @contextlib.contextmanager

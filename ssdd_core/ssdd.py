@@ -75,15 +75,11 @@ def bad_class_flags(m_k: np.ndarray | torch.Tensor, m_a: np.ndarray | torch.Tens
     Returns:
         (21,) bool flags.
     """
-    m_k = torch.as_tensor(np.asarray(m_k) if not torch.is_tensor(m_k) else m_k)
-    m_a = torch.as_tensor(np.asarray(m_a) if not torch.is_tensor(m_a) else m_a)
-    flags = np.zeros(NUM_CLASSES, dtype=bool)
-    for c in labels:
-        c = int(c)
-        nk = int((m_k == c).sum())
-        na = int((m_a == c).sum())
-        flags[c] = na / max(1, nk) < ratio
-    return flags
+    m_k = torch.as_tensor(np.asarray(m_k)) if not torch.is_tensor(m_k) else m_k
+    m_a = torch.as_tensor(np.asarray(m_a)) if not torch.is_tensor(m_a) else m_a
+    present = torch.zeros(1, NUM_CLASSES, dtype=torch.bool)
+    present[0, [int(c) for c in labels]] = True
+    return batch_flags(m_k.long()[None], m_a.long()[None], present, ratio)[0].cpu().numpy()
 
 
 def batch_flags(m_k: torch.Tensor, m_a: torch.Tensor, labels: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:

@@ -146,12 +146,12 @@ def cam(cfg: dict, cls_pt: str, ids_file: str, labels_json: str, out_h5: str, th
     return {"n": len(ids), "seconds": dt}
 
 
-def aff_labels(cfg: dict, data_root_cfg: dict, cam_h5: str, out_h5: str) -> dict:
+def aff_labels(cfg: dict, cam_h5: str, out_h5: str) -> dict:
     """la / ha affinity-label score maps (α = alpha_la / alpha_ha, each CRF-refined) for one shard."""
-    voc = VOCRoot(data_root_cfg["root"], data_root_cfg["gt_dir"])
+    voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
     a = cfg["aff"]
     crf = CRFParams.from_config(a["crf"])
-    ids = psa_mod_ids(cam_h5)
+    ids = read_h5_ids(cam_h5)
     t0 = time.time()
     with H5Writer(out_h5) as w:
         for i in _bar(ids, "aff_labels"):
@@ -165,11 +165,6 @@ def aff_labels(cfg: dict, data_root_cfg: dict, cam_h5: str, out_h5: str) -> dict
     return {"n": len(ids), "seconds": dt}
 
 
-def psa_mod_ids(h5):
-    from .io import read_h5_ids
-    return read_h5_ids(h5)
-
-
 def train_aff(cfg: dict, labels_json: str, cam_h5s: Sequence[str], aff_h5s: Sequence[str], out: str,
               threads: int = 2) -> dict:
     """Train AffinityNet on the la/ha labels → ``aff.pt``. The encoder starts from ImageNet."""
@@ -179,7 +174,7 @@ def train_aff(cfg: dict, labels_json: str, cam_h5s: Sequence[str], aff_h5s: Sequ
     voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
     shard_of = {}
     for h in aff_h5s:
-        for i in psa_mod_ids(h):
+        for i in read_h5_ids(h):
             shard_of[i] = h
     ids = sorted(i for i in labels if i in shard_of)
     model = AffinityNet(_backbone(cfg, cfg["model"]["train_output_stride"]), a["grid_stride"])
@@ -199,7 +194,7 @@ def psa(cfg: dict, aff_pt: str, cam_h5: str, out_h5: str, out_dir: str, threads:
     model = AffinityNet(_backbone(cfg, p["output_stride"], pretrained=False), cfg["aff"]["grid_stride"])
     _load_into(model, aff_pt)
     model.to(device).eval()
-    ids = psa_mod_ids(cam_h5)
+    ids = read_h5_ids(cam_h5)
     t0 = time.time()
     with H5Writer(out_h5) as w, atomic_dir(out_dir) as tmpdir:
         for i in _bar(ids, "psa"):
@@ -218,7 +213,7 @@ def crf(cfg: dict, psa_h5: str, out_h5: str, out_dir: str) -> dict:
     """Dense CRF of p^K0 over present labels → p^A0 (HDF5) and m^A0 PNGs (DESIGN §3.3)."""
     voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
     params = CRFParams.from_config(cfg["crf"])
-    ids = psa_mod_ids(psa_h5)
+    ids = read_h5_ids(psa_h5)
     t0 = time.time()
     with H5Writer(out_h5) as w, atomic_dir(out_dir) as tmpdir:
         for i in _bar(ids, "crf"):
