@@ -78,12 +78,34 @@ def multiscale_probs(model, img: np.ndarray, head: str = "base", base_size: int 
     return (acc[0] / n).cpu().numpy()
 
 
-def predict(model, img: np.ndarray, head: str, infer_cfg: dict, crf: CRFParams | None, device="cpu") -> np.ndarray:
-    """Test-time prediction: multi-scale softmax, optional CRF over all 21 labels, argmax.
+def crf_labels(p: np.ndarray, min_prob: float = 0.0) -> np.ndarray:
+    """Labels the test-time CRF runs over: those whose probability reaches ``min_prob``
+    somewhere in the image (a CPU speed-up: the CRF cost grows with the label count; no
+    image-level labels are used). ``min_prob`` = 0, or no label reaching it, keeps all.
 
-    ``infer_cfg['crf_min_prob']`` > 0 leaves out of the CRF the labels whose probability
-    never reaches that value anywhere in the image (a CPU speed-up: the CRF cost grows with
-    the label count; no image-level labels are used). 0 runs the CRF over all 21 labels.
+    Args:
+        p: (21, H, W) float probabilities.
+    Returns:
+        (L,) int64 label ids, ascending.
+    """
+    keep = np.arange(p.shape[0])
+    if min_prob > 0:
+        hit = np.flatnonzero(p.reshape(p.shape[0], -1).max(1) >= min_prob)
+        if hit.size:
+            keep = hit
+    return keep
+
+
+def crf_argmax(img: np.ndarray, p: np.ndarray, keep: np.ndarray, crf: CRFParams) -> np.ndarray:
+    """Dense CRF over the labels ``keep`` of ``p`` (21, H, W), then argmax → (H, W) uint8 ids.
+    A top-level function so a worker process can run it while the network sees the next image."""
+    q = dense_crf(img, p[keep], crf)
+    return keep[q.argmax(0)].astype(np.uint8)
+
+
+def predict(model, img: np.ndarray, head: str, infer_cfg: dict, crf: CRFParams | None, device="cpu") -> np.ndarray:
+    """Test-time prediction: multi-scale softmax, optional CRF (over :func:`crf_labels` with
+    ``infer_cfg['crf_min_prob']``), argmax (DESIGN §3.7).
 
     Returns:
         (H, W) uint8 labels 0..20.
@@ -92,11 +114,4 @@ def predict(model, img: np.ndarray, head: str, infer_cfg: dict, crf: CRFParams |
                          infer_cfg.get("flip", True), device)
     if crf is None:
         return p.argmax(0).astype(np.uint8)
-    keep = np.arange(p.shape[0])
-    thr = float(infer_cfg.get("crf_min_prob", 0.0))
-    if thr > 0:
-        keep = np.flatnonzero(p.reshape(p.shape[0], -1).max(1) >= thr)
-        if keep.size == 0:
-            keep = np.arange(p.shape[0])
-    q = dense_crf(img, p[keep], crf)
-    return keep[q.argmax(0)].astype(np.uint8)
+    return crf_argmax(img, p, crf_labels(p, float(infer_cfg.get("crf_min_prob", 0.0))), crf)

@@ -2,8 +2,11 @@
 runs from Snakemake's thin scripts, a notebook or a test alike; none imports snakemake."""
 from __future__ import annotations
 
+import collections
 import logging
+import multiprocessing as mp
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
@@ -11,6 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import infer as infer_mod
 from . import psa as psa_mod
 from .crf import CRFParams, dense_crf
 from .data import NUM_CLASSES, VOCRoot, image_label_table
@@ -157,8 +161,8 @@ def aff_labels(cfg: dict, cam_h5: str, out_h5: str) -> dict:
         for i in _bar(ids, "aff_labels"):
             d = read_h5(cam_h5, i)
             img = voc.load_image(i)
-            la = psa_mod.affinity_label_scores(img, d["cam"], a["alpha_la"], crf)
-            ha = psa_mod.affinity_label_scores(img, d["cam"], a["alpha_ha"], crf)
+            la = psa_mod.affinity_label_scores(img, d["cam"], a["alpha_la"], crf, a.get("label_scale", 1.0))
+            ha = psa_mod.affinity_label_scores(img, d["cam"], a["alpha_ha"], crf, a.get("label_scale", 1.0))
             w.add(i, la=la, ha=ha, labels=d["labels"])
     dt = time.time() - t0
     log.info("aff_labels: %d images in %.1f s", len(ids), dt)
@@ -369,10 +373,29 @@ def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str
     params = CRFParams.from_config(cfg["crf"]) if ic["crf"] else None
     ids = read_shard_ids(ids_file)
     t0 = time.time()
+    # The CRF of image i runs in a worker process while the network sees image i + 1.
+    pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) if params and len(ids) > 1 else None
+    pending = collections.deque()
     with atomic_dir(out_dir) as tmpdir:
-        for i in _bar(ids, f"infer {model_name}"):
-            pred = predict(model, voc.load_image(i), heads[2], ic, params, device)
-            save_mask(Path(tmpdir) / f"{i}.png", pred)
+        try:
+            for i in _bar(ids, f"infer {model_name}"):
+                img = voc.load_image(i)
+                if pool is None:
+                    save_mask(Path(tmpdir) / f"{i}.png", predict(model, img, heads[2], ic, params, device))
+                    continue
+                p = infer_mod.multiscale_probs(model, img, heads[2], ic.get("base_size"), tuple(ic["scales"]),
+                                               ic.get("flip", True), device)
+                keep = infer_mod.crf_labels(p, float(ic.get("crf_min_prob", 0.0)))
+                pending.append((i, pool.submit(infer_mod.crf_argmax, img, p, keep, params)))
+                while len(pending) > 1:
+                    j, fut = pending.popleft()
+                    save_mask(Path(tmpdir) / f"{j}.png", fut.result())
+            while pending:
+                j, fut = pending.popleft()
+                save_mask(Path(tmpdir) / f"{j}.png", fut.result())
+        finally:
+            if pool:
+                pool.shutdown(cancel_futures=True)
     dt = time.time() - t0
     log.info("infer: %d images in %.1f s (%.2f img/s)", len(ids), dt, len(ids) / max(dt, 1e-9))
     return {"n": len(ids), "seconds": dt}
@@ -397,8 +420,31 @@ def score(eval_cfg: dict, split_files, pred_dirs, out_json: str, extra: dict | N
     return res
 
 
+def integration_stats(m_k: np.ndarray, m_a: np.ndarray, m_d: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Counts describing how m^D chose between m^K and m^A, checked against GT (DESIGN §3.4).
+
+    Args:
+        m_k, m_a, m_d: (H, W) uint8 knowledge, advice and integrated masks; gt: (H, W) uint8
+            ground truth (255 = void, left out).
+    Returns:
+        (7,) int64: pixels scored, pixels where m^K ≠ m^A, of those: where m^D took m^A, where
+        m^K is right, where m^A is right, where m^D is right, and where the better one of
+        m^K / m^A is right (an oracle choice).
+    """
+    ok = gt != 255
+    diff = ok & (m_k != m_a)
+    g = gt[diff]
+    k_ok, a_ok, d_ok = m_k[diff] == g, m_a[diff] == g, m_d[diff] == g
+    return np.array([ok.sum(), diff.sum(), (m_d[diff] == m_a[diff]).sum(), k_ok.sum(), a_ok.sum(), d_ok.sum(),
+                     (k_ok | a_ok).sum()], dtype=np.int64)
+
+
 def score_seeds(cfg: dict, split_files, mask_sets: dict, cam_h5s, out_json: str) -> dict:
     """Seed quality on the training ids with GT (paper Fig. 6): CAM (bg threshold), K0, A0, D0.
+
+    When K0, A0 and D0 are all given, ``integration`` adds how m^D0 chose where m^K0 ≠ m^A0
+    (fractions of the differing pixels, see :func:`integration_stats`); the flagged-sample
+    counts are in ``integrate``'s own stats.
 
     Args:
         mask_sets: name → list of shard folders aligned with ``split_files``.
@@ -409,13 +455,19 @@ def score_seeds(cfg: dict, split_files, mask_sets: dict, cam_h5s, out_json: str)
     cam_shard = {i: h for h in cam_h5s for i in read_h5_ids(h)}
     thr = cfg["cam"]["bg_threshold"]
     ids = sorted(set(cam_shard).union(*[set(m) for m in maps.values()]))
+    with_int = {"K0", "A0", "D0"} <= set(maps)
+    counts = np.zeros(7, dtype=np.int64)
     for i in ids:
         if not voc.mask_path(i).exists():
             continue
         gt = voc.load_mask(i)  # once per id, for every mask set
+        loaded = {}
         for name, m in maps.items():
             if i in m and Path(m[i]).exists():
-                cms[name].update(load_mask_png(m[i]), gt)
+                loaded[name] = load_mask_png(m[i])
+                cms[name].update(loaded[name], gt)
+        if with_int and {"K0", "A0", "D0"} <= set(loaded):
+            counts += integration_stats(loaded["K0"], loaded["A0"], loaded["D0"], gt)
         if i in cam_shard:
             d = read_h5(cam_shard[i], i)
             sc = np.concatenate([np.full((1,) + d["cam"].shape[1:], thr, np.float32), d["cam"]], 0)
@@ -424,6 +476,14 @@ def score_seeds(cfg: dict, split_files, mask_sets: dict, cam_h5s, out_json: str)
     out["CAM"] = cms["CAM"].compute()
     out["CAM"]["bg_threshold"] = thr
     summary = {k: v["miou"] for k, v in out.items()}
+    if with_int and counts[0]:
+        nd = max(1, int(counts[1]))
+        out["integration"] = {
+            "pixels": int(counts[0]), "frac_K_ne_A": float(counts[1] / counts[0]),
+            "of_differing": {"D_took_A": float(counts[2] / nd), "K_right": float(counts[3] / nd),
+                             "A_right": float(counts[4] / nd), "D_right": float(counts[5] / nd),
+                             "oracle_right": float(counts[6] / nd)}}
+        log.info("integration: %s", out["integration"])
     write_json(out_json, {"summary": summary, **out})
     log.info("seed mIoU: %s", summary)
     return summary

@@ -80,3 +80,28 @@ def test_crf_valid_and_changes_input(real):
     assert edges(q.argmax(0)) < edges(probs.argmax(0)) / 2
     with pytest.raises(ValueError, match="probs"):
         dense_crf(img, probs[:, :10], CRFParams())
+
+
+def test_affinity_labels_at_half_scale_match_full_scale(sample):
+    """aff.label_scale 0.5 (CRF at half size) gives nearly the same stride-8 affinity labels."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    i = sample.read_ids("train_aug")[5]
+    img, gt, labels = sample.load_image(i), sample.load_mask(i), sample.image_labels(i).tolist()
+    # a CAM-like map from the real mask: blurred class indicators, max-normalised
+    ind = torch.stack([torch.from_numpy((gt == c).astype(np.float32)) for c in labels])
+    cam = gaussian_blur(ind[:, None], [49, 49], [12.0, 12.0])[:, 0].numpy()
+    cam /= cam.reshape(len(labels), -1).max(1)[:, None, None]
+    h, w = (img.shape[0] // 8) * 8, (img.shape[1] // 8) * 8
+    valid = torch.ones(h, w)
+    labs = {}
+    for scale in (1.0, 0.5):
+        la = psa.affinity_label_scores(img, cam, 4, CRFParams(), scale)
+        ha = psa.affinity_label_scores(img, cam, 32, CRFParams(), scale)
+        assert la.shape == (len(labels) + 1,) + img.shape[:2] and np.allclose(la.sum(0), 1, atol=1e-3)
+        labs[scale] = psa.labels_from_scores(torch.from_numpy(la[:, :h, :w]), torch.from_numpy(ha[:, :h, :w]), valid, 8)
+    agree = (labs[1.0] == labs[0.5]).float().mean().item()
+    assert agree > 0.85, agree
+    assert len(set(labs[0.5].unique().tolist())) >= 2  # not a degenerate all-unknown map
+    with pytest.raises(ValueError, match="scale"):
+        psa.affinity_label_scores(img, cam, 4, CRFParams(), 0.0)

@@ -98,3 +98,14 @@ def test_ddnet_shapes_and_detached_inputs():
     assert out.shape == (2, 28, 28)
     out.sum().backward()
     assert eh.grad is None and el.grad is None  # L_diff trains only the DD-Net
+
+
+def test_integration_stats_counts_choices_against_gt():
+    from ssdd_core.stages import integration_stats
+
+    gt = np.array([[0, 0, 8, 8, 255]], dtype=np.uint8)
+    mk = np.array([[0, 8, 8, 0, 8]], dtype=np.uint8)   # differs from m^A at columns 1, 3, 4
+    ma = np.array([[0, 0, 8, 8, 0]], dtype=np.uint8)
+    md = np.array([[0, 0, 8, 0, 0]], dtype=np.uint8)   # took m^A at 1 (right), m^K at 3 (wrong)
+    # scored 4 (void left out); differing 2; D took A 1; K right 0; A right 2; D right 1; oracle 2
+    assert integration_stats(mk, ma, md, gt).tolist() == [4, 2, 1, 0, 2, 1, 2]
