@@ -361,7 +361,9 @@ def train_dynamic(cfg, cls_pt, labels_json, split_files, d0_dirs, out, threads=2
 # --------------------------------------------------------------------------- inference / scoring
 
 def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str, threads: int = 2) -> dict:
-    """Multi-scale + flip (+ CRF) predictions of one eval shard → PNGs. No image labels used."""
+    """Multi-scale + flip (+ CRF) predictions of one eval shard → PNGs. No image labels used.
+
+    ``threads`` ≥ 2 also runs the CRF in a worker process, overlapped with the network."""
     device = _setup(cfg, threads)
     heads = {"dynamic": (("main", "sub"), ("d1", "d2"), "main"), "baseline": (("base",), (), "base"),
              "static": (("base",), ("d0",), "base")}[model_name]
@@ -373,8 +375,10 @@ def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str
     params = CRFParams.from_config(cfg["crf"]) if ic["crf"] else None
     ids = read_shard_ids(ids_file)
     t0 = time.time()
-    # The CRF of image i runs in a worker process while the network sees image i + 1.
-    pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) if params and len(ids) > 1 else None
+    # With 2+ threads, the CRF of image i runs in a worker process while the network sees
+    # image i + 1 (with 1 thread, Snakemake's parallel shards keep the cores busy instead).
+    overlap = params is not None and threads >= 2 and len(ids) > 1
+    pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) if overlap else None
     pending = collections.deque()
     with atomic_dir(out_dir) as tmpdir:
         try:
