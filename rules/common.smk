@@ -1,4 +1,7 @@
 # Helpers shared by every rule file: config validation, shard names, input functions.
+import os
+from pathlib import Path
+
 from snakemake.utils import validate
 
 from ssdd_core.config import coerce_cli_strings
@@ -8,7 +11,20 @@ coerce_cli_strings(config, workflow.source_path("../config/config.schema.yaml"))
 validate(config, schema="../config/config.schema.yaml")
 
 SHARDS = [f"{i:03d}" for i in range(config["shards"])]
-DEVICE_GPU = 1 if config["device"] in ("auto", "cuda") else 0
+
+
+def _gpu_visible() -> bool:
+    """A CUDA device node or a non-empty CUDA_VISIBLE_DEVICES (cheap: no torch import)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return env.strip() not in ("", "-1")
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+# Rules that run on the device claim `gpu` (the default profile allows gpu=1, so they take
+# turns on one GPU). On a CPU-only machine they claim none, so 1-thread shards (infer) run
+# side by side; 2-thread training rules still take the 2 cores one at a time.
+DEVICE_GPU = 1 if config["device"] == "cuda" or (config["device"] == "auto" and _gpu_visible()) else 0
 
 
 def shards(pattern, **kw):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import multiprocessing as mp
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -378,7 +377,9 @@ def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str
     # With 2+ threads, the CRF of image i runs in a worker process while the network sees
     # image i + 1 (with 1 thread, Snakemake's parallel shards keep the cores busy instead).
     overlap = params is not None and threads >= 2 and len(ids) > 1
-    pool = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) if overlap else None
+    # Default start method (fork on Linux, like InLoopCRF): "spawn" would re-run Snakemake's
+    # script file as the child's __main__ and kill the worker.
+    pool = ProcessPoolExecutor(1) if overlap else None
     pending = collections.deque()
     with atomic_dir(out_dir) as tmpdir:
         try:
