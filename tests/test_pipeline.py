@@ -61,7 +61,8 @@ def test_dry_run_10582_ids_under_5s(wf, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(wf):
     t0 = time.time()
-    snakemake(wf, "--cores", "2", "all", "--configfile", "config/tiny.yaml")
+    # infer with 2 threads: its CRF worker process runs inside Snakemake's script context
+    snakemake(wf, "--cores", "2", "all", "--configfile", "config/tiny.yaml", "--set-threads", "infer=2")
     return wf, time.time() - t0
 
 
@@ -74,6 +75,9 @@ def test_tiny_end_to_end(tiny_run):
     assert base["n_images"] == 6
     seeds = json.loads((wf / "results" / "seeds.json").read_text())
     assert set(seeds["summary"]) == {"K0", "A0", "D0", "CAM"}
+    integ = seeds["integration"]["of_differing"]
+    assert abs(integ["K_right"] + integ["A_right"] - integ["oracle_right"]) < 1e-9  # K ≠ A: at most one is right
+    assert integ["D_right"] <= integ["oracle_right"] + 1e-9
     assert "| **mIoU" in (wf / "results" / "table1.md").read_text()
     from ssdd_core.io import load_mask_png
     preds = [load_mask_png(p) for p in sorted((wf / "results" / "pred" / "dynamic").glob("*/*.png"))]
