@@ -10,8 +10,6 @@ def _coerce(value: str, types):
     if isinstance(types, str):
         types = [types]
     low = value.strip().lower()
-    if "null" in types and low in ("null", "none", "~", ""):
-        return None
     if "boolean" in types and low in ("true", "false"):
         return low == "true"
     if "integer" in types:
@@ -51,10 +49,12 @@ def coerce_cli_strings(config, schema: dict | str | Path):
             return [walk(v, sch["items"]) for v in node]
         types = sch.get("type")
         tl = types if isinstance(types, list) else [types]
-        if isinstance(node, str) and "null" in tl and node.strip().lower() in ("null", "none", "~"):
+        if not isinstance(node, str) or not types:
+            return node
+        # "" means null only where a string is not allowed
+        nulls = ("null", "none", "~") if "string" in tl else ("null", "none", "~", "")
+        if "null" in tl and node.strip().lower() in nulls:
             return None
-        if isinstance(node, str) and types and "string" not in tl:
-            return _coerce(node, types)
-        return node
+        return node if "string" in tl else _coerce(node, types)
 
     return walk(config, schema)

@@ -96,11 +96,19 @@ def crf_labels(p: np.ndarray, min_prob: float = 0.0) -> np.ndarray:
     return keep
 
 
-def crf_argmax(img: np.ndarray, p: np.ndarray, keep: np.ndarray, crf: CRFParams) -> np.ndarray:
-    """Dense CRF over the labels ``keep`` of ``p`` (21, H, W), then argmax → (H, W) uint8 ids.
-    A top-level function so a worker process can run it while the network sees the next image."""
+def crf_argmax(img: np.ndarray, p: np.ndarray, crf: CRFParams, min_prob: float = 0.0) -> np.ndarray:
+    """Dense CRF over :func:`crf_labels` (``min_prob``) of ``p`` (21, H, W), then argmax →
+    (H, W) uint8 ids. A top-level function so a worker process can run it while the network
+    sees the next image."""
+    keep = crf_labels(p, min_prob)
     q = dense_crf(img, p[keep], crf)
     return keep[q.argmax(0)].astype(np.uint8)
+
+
+def predict_probs(model, img: np.ndarray, head: str, infer_cfg: dict, device="cpu") -> np.ndarray:
+    """:func:`multiscale_probs` with the settings of an ``infer`` config block → (21, H, W)."""
+    return multiscale_probs(model, img, head, infer_cfg.get("base_size"), tuple(infer_cfg["scales"]),
+                            infer_cfg.get("flip", True), device)
 
 
 def predict(model, img: np.ndarray, head: str, infer_cfg: dict, crf: CRFParams | None, device="cpu") -> np.ndarray:
@@ -110,8 +118,7 @@ def predict(model, img: np.ndarray, head: str, infer_cfg: dict, crf: CRFParams |
     Returns:
         (H, W) uint8 labels 0..20.
     """
-    p = multiscale_probs(model, img, head, infer_cfg.get("base_size"), tuple(infer_cfg["scales"]),
-                         infer_cfg.get("flip", True), device)
+    p = predict_probs(model, img, head, infer_cfg, device)
     if crf is None:
         return p.argmax(0).astype(np.uint8)
-    return crf_argmax(img, p, crf_labels(p, float(infer_cfg.get("crf_min_prob", 0.0))), crf)
+    return crf_argmax(img, p, crf, float(infer_cfg.get("crf_min_prob", 0.0)))

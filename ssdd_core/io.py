@@ -11,6 +11,7 @@ import contextlib
 import glob
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -36,8 +37,6 @@ def _remove_stale_temps(path: Path) -> None:
     Only one job writes a given output at a time (Snakemake guarantees it), so any
     ``.{name}.*.tmp`` next to it is a leftover.
     """
-    import shutil
-
     for p in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
@@ -85,8 +84,6 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 
     Used for per-shard mask folders: the folder appears complete or not at all.
     """
-    import shutil
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(path)

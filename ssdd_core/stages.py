@@ -154,14 +154,15 @@ def aff_labels(cfg: dict, cam_h5: str, out_h5: str) -> dict:
     voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
     a = cfg["aff"]
     crf = CRFParams.from_config(a["crf"])
+    scale = a.get("label_scale", 1.0)
     ids = read_h5_ids(cam_h5)
     t0 = time.time()
     with H5Writer(out_h5) as w:
         for i in _bar(ids, "aff_labels"):
             d = read_h5(cam_h5, i)
             img = voc.load_image(i)
-            la = psa_mod.affinity_label_scores(img, d["cam"], a["alpha_la"], crf, a.get("label_scale", 1.0))
-            ha = psa_mod.affinity_label_scores(img, d["cam"], a["alpha_ha"], crf, a.get("label_scale", 1.0))
+            la = psa_mod.affinity_label_scores(img, d["cam"], a["alpha_la"], crf, scale)
+            ha = psa_mod.affinity_label_scores(img, d["cam"], a["alpha_ha"], crf, scale)
             w.add(i, la=la, ha=ha, labels=d["labels"])
     dt = time.time() - t0
     log.info("aff_labels: %d images in %.1f s", len(ids), dt)
@@ -380,7 +381,14 @@ def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str
     # Default start method (fork on Linux, like InLoopCRF): "spawn" would re-run Snakemake's
     # script file as the child's __main__ and kill the worker.
     pool = ProcessPoolExecutor(1) if overlap else None
-    pending = collections.deque()
+    min_prob = float(ic.get("crf_min_prob", 0.0))
+    pending = collections.deque()  # (id, future) in submission order
+
+    def save_done(tmpdir, keep: int):
+        while len(pending) > keep:
+            j, fut = pending.popleft()
+            save_mask(Path(tmpdir) / f"{j}.png", fut.result())
+
     with atomic_dir(out_dir) as tmpdir:
         try:
             for i in _bar(ids, f"infer {model_name}"):
@@ -388,16 +396,10 @@ def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str
                 if pool is None:
                     save_mask(Path(tmpdir) / f"{i}.png", predict(model, img, heads[2], ic, params, device))
                     continue
-                p = infer_mod.multiscale_probs(model, img, heads[2], ic.get("base_size"), tuple(ic["scales"]),
-                                               ic.get("flip", True), device)
-                keep = infer_mod.crf_labels(p, float(ic.get("crf_min_prob", 0.0)))
-                pending.append((i, pool.submit(infer_mod.crf_argmax, img, p, keep, params)))
-                while len(pending) > 1:
-                    j, fut = pending.popleft()
-                    save_mask(Path(tmpdir) / f"{j}.png", fut.result())
-            while pending:
-                j, fut = pending.popleft()
-                save_mask(Path(tmpdir) / f"{j}.png", fut.result())
+                p = infer_mod.predict_probs(model, img, heads[2], ic, device)
+                pending.append((i, pool.submit(infer_mod.crf_argmax, img, p, params, min_prob)))
+                save_done(tmpdir, 1)
+            save_done(tmpdir, 0)
         finally:
             if pool:
                 pool.shutdown(cancel_futures=True)
@@ -460,8 +462,7 @@ def score_seeds(cfg: dict, split_files, mask_sets: dict, cam_h5s, out_json: str)
     cam_shard = {i: h for h in cam_h5s for i in read_h5_ids(h)}
     thr = cfg["cam"]["bg_threshold"]
     ids = sorted(set(cam_shard).union(*[set(m) for m in maps.values()]))
-    with_int = {"K0", "A0", "D0"} <= set(maps)
-    counts = np.zeros(7, dtype=np.int64)
+    counts = np.zeros(7, dtype=np.int64)  # integration_stats, summed; stays 0 without K0/A0/D0
     for i in ids:
         if not voc.mask_path(i).exists():
             continue
@@ -471,7 +472,7 @@ def score_seeds(cfg: dict, split_files, mask_sets: dict, cam_h5s, out_json: str)
             if i in m and Path(m[i]).exists():
                 loaded[name] = load_mask_png(m[i])
                 cms[name].update(loaded[name], gt)
-        if with_int and {"K0", "A0", "D0"} <= set(loaded):
+        if {"K0", "A0", "D0"} <= set(loaded):
             counts += integration_stats(loaded["K0"], loaded["A0"], loaded["D0"], gt)
         if i in cam_shard:
             d = read_h5(cam_shard[i], i)
@@ -481,7 +482,7 @@ def score_seeds(cfg: dict, split_files, mask_sets: dict, cam_h5s, out_json: str)
     out["CAM"] = cms["CAM"].compute()
     out["CAM"]["bg_threshold"] = thr
     summary = {k: v["miou"] for k, v in out.items()}
-    if with_int and counts[0]:
+    if counts[0]:
         nd = max(1, int(counts[1]))
         out["integration"] = {
             "pixels": int(counts[0]), "frac_K_ne_A": float(counts[1] / counts[0]),
