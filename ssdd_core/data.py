@@ -215,6 +215,13 @@ def resize_image(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR))
 
 
+def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of float maps (L, H, W) to (L, H', W') with PIL (float32 mode "F"; antialiased
+    when shrinking). No torch, so it is safe in forked worker processes. Returns float32."""
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(m, dtype=np.float32))
+                                .resize((size[1], size[0]), Image.BILINEAR)) for m in maps])
+
+
 def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize of a uint8 (H, W) label map to ``size`` = (H', W')."""
     return np.asarray(Image.fromarray(mask).resize((size[1], size[0]), Image.NEAREST))

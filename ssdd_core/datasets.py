@@ -118,7 +118,8 @@ class SegDataset(_Base):
     Args:
         masks: name → {id → PNG path}, e.g. {"K0": ..., "A0": ...}.
     Items: ``img`` (3, crop, crop), ``img_dd`` (crop/dd, crop/dd, 3) uint8 (for the in-loop
-    CRF), ``y21`` (21,) present labels incl. bg, and one (crop/dd, crop/dd) int64 per mask.
+    CRF), ``y21`` (21,) present labels incl. bg, ``epoch`` (the epoch set by :meth:`set_epoch`,
+    0-based) and one (crop/dd, crop/dd) int64 per mask.
     """
 
     def __init__(self, *a, masks: Mapping[str, Mapping[str, str]], resize_range=(1.0, 512 / 448),
@@ -141,7 +142,7 @@ class SegDataset(_Base):
         im = crop_array(np.ascontiguousarray(im), self.crop, params, 0)
         dd = self.crop // self.dd_stride
         out = {"img": torch.from_numpy(normalize(im)), "img_dd": torch.from_numpy(resize_image(im, (dd, dd)).copy()),
-               "y21": multi_hot(self.labels[iid], with_bg=True), "idx": i}
+               "y21": multi_hot(self.labels[iid], with_bg=True), "idx": i, "epoch": self.epoch}
         for name, paths in self.masks.items():
             m = load_mask_png(paths[iid])
             if m.shape != img.shape[:2]:

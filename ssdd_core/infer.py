@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ssdd
-from .crf import CRFParams, dense_crf
+from .crf import CRFParams, dense_crf_resized
 from .data import normalize, resize_image, resize_mask
 
 
@@ -96,12 +96,14 @@ def crf_labels(p: np.ndarray, min_prob: float = 0.0) -> np.ndarray:
     return keep
 
 
-def crf_argmax(img: np.ndarray, p: np.ndarray, crf: CRFParams, min_prob: float = 0.0) -> np.ndarray:
+def crf_argmax(img: np.ndarray, p: np.ndarray, crf: CRFParams, min_prob: float = 0.0,
+               scale: float = 1.0) -> np.ndarray:
     """Dense CRF over :func:`crf_labels` (``min_prob``) of ``p`` (21, H, W), then argmax →
-    (H, W) uint8 ids. A top-level function so a worker process can run it while the network
-    sees the next image."""
+    (H, W) uint8 ids. ``scale`` < 1 runs the CRF at that fraction of the image size
+    (:func:`~ssdd_core.crf.dense_crf_resized`). A top-level function so a worker process can
+    run it while the network sees the next image."""
     keep = crf_labels(p, min_prob)
-    q = dense_crf(img, p[keep], crf)
+    q = dense_crf_resized(img, p[keep], crf, scale)
     return keep[q.argmax(0)].astype(np.uint8)
 
 
@@ -121,4 +123,4 @@ def predict(model, img: np.ndarray, head: str, infer_cfg: dict, crf: CRFParams |
     p = predict_probs(model, img, head, infer_cfg, device)
     if crf is None:
         return p.argmax(0).astype(np.uint8)
-    return crf_argmax(img, p, crf, float(infer_cfg.get("crf_min_prob", 0.0)))
+    return crf_argmax(img, p, crf, float(infer_cfg.get("crf_min_prob", 0.0)), float(infer_cfg.get("crf_scale", 1.0)))

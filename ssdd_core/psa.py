@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .crf import CRFParams, dense_crf
-from .data import normalize, resize_image
+from .crf import CRFParams, dense_crf_resized
+from .data import normalize
 
 IGNORE = 255
 
@@ -77,17 +77,8 @@ def affinity_label_scores(img: np.ndarray, cam: np.ndarray, alpha: float, crf: C
     Raises:
         ValueError: if ``scale`` is not in (0, 1].
     """
-    if not 0 < scale <= 1:
-        raise ValueError(f"affinity_label_scores: scale must be in (0, 1], got {scale}")
     probs = np.concatenate([background_score(cam, alpha)[None], cam], 0)
-    if scale == 1:
-        return dense_crf(img, probs, crf)
-    h, w = img.shape[:2]
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    small = F.interpolate(torch.from_numpy(probs)[None], size, mode="bilinear", align_corners=False)[0]
-    q = dense_crf(resize_image(img, size), small.numpy(), crf, scale=scale)
-    up = F.interpolate(torch.from_numpy(q)[None], (h, w), mode="bilinear", align_corners=False)[0]
-    return up.numpy().astype(np.float32)
+    return dense_crf_resized(img, probs, crf, scale)
 
 
 def labels_from_scores(la: torch.Tensor, ha: torch.Tensor, valid: torch.Tensor, stride: int) -> torch.Tensor:

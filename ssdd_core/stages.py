@@ -349,7 +349,7 @@ def train_dynamic(cfg, cls_pt, labels_json, split_files, d0_dirs, out, threads=2
     incrf = InLoopCRF(crf_params, workers, scale=1.0 / cfg["seg"]["dd_stride"])
     try:
         res = _seg_train(cfg, d, model, ds, make_dynamic_step(cfg["seg"]["seg_loss"], incrf, d, d["alpha"],
-                                                              d["flag_ratio"]), out, threads, device,
+                                                              d["flag_ratio"], d["warmup_epochs"]), out, threads, device,
                          [cfg["crf"], files_key([cls_pt, *d0_dirs])])
     finally:
         incrf.close()
@@ -397,7 +397,8 @@ def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str
                     save_mask(Path(tmpdir) / f"{i}.png", predict(model, img, heads[2], ic, params, device))
                     continue
                 p = infer_mod.predict_probs(model, img, heads[2], ic, device)
-                pending.append((i, pool.submit(infer_mod.crf_argmax, img, p, params, min_prob)))
+                pending.append((i, pool.submit(infer_mod.crf_argmax, img, p, params, min_prob,
+                                                       float(ic.get("crf_scale", 1.0)))))
                 save_done(tmpdir, 1)
             save_done(tmpdir, 0)
         finally:

@@ -302,8 +302,15 @@ def _crf_job(args):
     return dense_crf(img, p, params, scale=scale)
 
 
-def make_dynamic_step(loss_kind: str, crf: InLoopCRF, biases: dict, alpha: float = 0.5, flag_ratio: float = 0.5):
-    """Dynamic region refinement, one iteration (SSDD Eq. 11-15, DESIGN §3.6)."""
+def make_dynamic_step(loss_kind: str, crf: InLoopCRF, biases: dict, alpha: float = 0.5, flag_ratio: float = 0.5,
+                      warmup_epochs: int = 0):
+    """Dynamic region refinement, one iteration (SSDD Eq. 11-15, DESIGN §3.6).
+
+    ``warmup_epochs`` (beyond the paper, 0 = paper): in the batches of epochs < warmup_epochs
+    (``batch['epoch']``) the seg heads learn from m^D0 alone (m^D2 and m^D1 are replaced by
+    m^D0 in the seg losses) while the DD-Nets train on their usual targets, so short runs do
+    not feed an untrained head's own predictions back as labels.
+    """
     b = (biases["b_dd"], biases["b_class"], biases["b_bg"])
 
     def step(model, batch, device):
@@ -326,8 +333,9 @@ def make_dynamic_step(loss_kind: str, crf: InLoopCRF, biases: dict, alpha: float
         with torch.no_grad():
             flags2 = ssdd.batch_flags(md0, md1, y21, flag_ratio)
             md2 = ssdd.integrate(dd0.detach(), dd1.detach(), md0, md1, flags2, *b)
-        l_main = seg_loss(lm, md2, loss_kind)
-        l_sub = alpha * seg_loss(ls, md0, loss_kind) + (1 - alpha) * seg_loss(ls, md1, loss_kind)
+        warm = int(torch.as_tensor(batch.get("epoch", 0)).flatten()[0]) < warmup_epochs
+        l_main = seg_loss(lm, md0 if warm else md2, loss_kind)
+        l_sub = alpha * seg_loss(ls, md0, loss_kind) + (1 - alpha) * seg_loss(ls, md0 if warm else md1, loss_kind)
         t1, v1 = ssdd.difference_target(mk1, ma1)
         keep1 = ~flags1.any(1)
         t20, v20 = ssdd.difference_target(md0, msub)
@@ -336,6 +344,6 @@ def make_dynamic_step(loss_kind: str, crf: InLoopCRF, biases: dict, alpha: float
                   + ssdd.difference_loss(dd0, t20, v20) + ssdd.difference_loss(dd1, t21, v21)) / 4
         agree = float(((md2 == md0) | (md0 == 255)).float().mean())
         return l_main + l_sub + l_diff, {"main": float(l_main.detach()), "sub": float(l_sub.detach()), "diff": float(l_diff.detach()),
-                                         "d2_eq_d0": agree, "kept1": float(keep1.float().mean())}
+                                         "d2_eq_d0": agree, "kept1": float(keep1.float().mean()), "warmup": float(warm)}
 
     return step

@@ -2,11 +2,12 @@
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 
 from ssdd_core import infer, stages
-from ssdd_core.crf import CRFParams
+from ssdd_core.crf import CRFParams, dense_crf, dense_crf_resized
 from ssdd_core.data import VOCRoot
 from ssdd_core.io import load_mask_png, save_checkpoint
 
@@ -19,7 +20,7 @@ def test_infer_with_crf_worker_matches_sequential_predict(tmp_path):
     the plain one-image-at-a-time :func:`infer.predict`."""
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["eval"] = {"root": str(SAMPLE), "gt_dir": "SegmentationClass", "split": "val"}
-    cfg["infer"].update(base_size=128, scales=[0.75, 1.0], flip=True, crf=True, crf_min_prob=0.05)
+    cfg["infer"].update(base_size=128, scales=[0.75, 1.0], flip=True, crf=True, crf_min_prob=0.05, crf_scale=0.5)
     torch.manual_seed(0)
     model = stages._seg_model(cfg, ("base",), (), cfg["infer"]["output_stride"])
     torch.nn.init.normal_(model.heads["base"].conv2.weight, std=0.5)  # confident, varied outputs
@@ -48,3 +49,31 @@ def test_crf_labels_threshold():
     assert infer.crf_labels(p, 0.05).tolist() == [0, 5]
     assert infer.crf_labels(p, 0.0).tolist() == list(range(21))
     assert infer.crf_labels(p, 0.95).tolist() == list(range(21))  # nothing reaches it: keep all
+
+
+def test_crf_at_half_size_agrees_with_full_size():
+    """infer.crf_scale: the CRF run at half size (kernels scaled) and upsampled gives nearly
+    the labels of the full-size CRF on a real image, differs from its input, and is a valid
+    probability map."""
+    voc = VOCRoot(SAMPLE, "SegmentationClass")
+    i = voc.read_ids("val")[0]
+    img = voc.load_image(i)
+    gt = voc.load_mask(i)
+    rng = np.random.default_rng(0)
+    labels = [c for c in np.unique(gt) if c != 255]
+    # A blurred, noisy version of the GT as the CRF's input: the CRF has edges to snap to.
+    onehot = np.stack([(gt == c).astype(np.float32) for c in labels])
+    t = torch.nn.functional.avg_pool2d(torch.from_numpy(onehot)[None], 15, 1, 7, count_include_pad=False)[0].numpy()
+    p = 0.6 * t + 0.4 * rng.random(t.shape, dtype=np.float32)
+    p /= p.sum(0, keepdims=True)
+    params = CRFParams()
+    full = dense_crf(img, p, params)
+    half = dense_crf_resized(img, p, params, 0.5)
+    assert half.shape == p.shape and half.dtype == np.float32
+    np.testing.assert_allclose(half.sum(0), 1.0, atol=1e-4)
+    assert (half.argmax(0) == full.argmax(0)).mean() > 0.95
+    assert (half.argmax(0) != p.argmax(0)).mean() > 0.01
+    np.testing.assert_array_equal(dense_crf_resized(img, p, params, 1.0), full)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="scale"):
+            dense_crf_resized(img, p, params, bad)

@@ -179,3 +179,26 @@ def test_dynamic_step_masks_have_no_grad(seg_batch):
     assert torch.isfinite(loss) and all(math.isfinite(v) for v in parts.values())
     loss.backward()
     assert model.ddnets["d2"].out.weight.grad is not None
+
+
+def test_dynamic_warmup_trains_heads_on_d0(seg_batch):
+    """warmup_epochs: in a warm-up epoch the main head's loss is L_seg(main, m^D0) exactly;
+    after it, the target is m^D2, which differs from m^D0 for an untrained model."""
+    from ssdd_core.crf import CRFParams
+    from ssdd_core.models.backbones import build_backbone
+    from ssdd_core.models.nets import SegModel
+    from ssdd_core.train import InLoopCRF, make_dynamic_step
+
+    torch.manual_seed(0)
+    model = SegModel(build_backbone("efficientnet_lite0", 16), ("main", "sub"), ("d1", "d2"), hidden=32,
+                     dilation=2, dd_width=16, dd_stride=4).train()
+    imgs_dd = torch.stack([torch.from_numpy(np.full((24, 24, 3), 128, np.uint8))] * 4)
+    step = make_dynamic_step("balanced", InLoopCRF(CRFParams(iters=3), 0, 0.25),
+                             {"b_dd": 0.4, "b_class": 1.0, "b_bg": 0.0}, warmup_epochs=1)
+    with torch.no_grad():
+        ref = float(seg_loss(model(seg_batch["img"])["logits/main"], seg_batch["K0"], "balanced"))
+        warm = step(model, dict(seg_batch, D0=seg_batch["K0"], img_dd=imgs_dd, epoch=torch.zeros(4, dtype=torch.long)), "cpu")[1]
+        after = step(model, dict(seg_batch, D0=seg_batch["K0"], img_dd=imgs_dd, epoch=torch.ones(4, dtype=torch.long)), "cpu")[1]
+    assert warm["warmup"] == 1.0 and after["warmup"] == 0.0
+    assert warm["main"] == pytest.approx(ref, rel=1e-5)
+    assert after["d2_eq_d0"] < 0.99 and abs(after["main"] - ref) > 1e-3
