@@ -382,6 +382,7 @@ def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str
     # script file as the child's __main__ and kill the worker.
     pool = ProcessPoolExecutor(1) if overlap else None
     min_prob = float(ic.get("crf_min_prob", 0.0))
+    crf_scale = float(ic.get("crf_scale", 1.0))
     pending = collections.deque()  # (id, future) in submission order
 
     def save_done(tmpdir, keep: int):
@@ -397,8 +398,7 @@ def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str
                     save_mask(Path(tmpdir) / f"{i}.png", predict(model, img, heads[2], ic, params, device))
                     continue
                 p = infer_mod.predict_probs(model, img, heads[2], ic, device)
-                pending.append((i, pool.submit(infer_mod.crf_argmax, img, p, params, min_prob,
-                                                       float(ic.get("crf_scale", 1.0)))))
+                pending.append((i, pool.submit(infer_mod.crf_argmax, img, p, params, min_prob, crf_scale)))
                 save_done(tmpdir, 1)
             save_done(tmpdir, 0)
         finally:
