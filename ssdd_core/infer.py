@@ -68,7 +68,7 @@ def multiscale_probs(model, img: np.ndarray, head: str = "base", base_size: int 
         sh, sw = max(8, round(bh * s)), max(8, round(bw * s))
         xs = F.interpolate(x, (sh, sw), mode="bilinear", align_corners=False)
         batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
-        logits = model(batch)[f"logits/{head}"]
+        logits = model(batch, heads=(head,))[f"logits/{head}"]
         p = F.softmax(F.interpolate(logits, (h, w), mode="bilinear", align_corners=False), 1)
         acc += p[:1]
         n += 1

@@ -190,13 +190,19 @@ class SegModel(FrozenBNMixin, nn.Module):
     def new_parameters(self):
         return list(self.heads.parameters()) + list(self.ddnets.parameters())
 
-    def forward(self, x: torch.Tensor) -> dict:
+    def forward(self, x: torch.Tensor, heads: tuple[str, ...] | None = None) -> dict:
         """x: (B, 3, H, W) → dict: ``low`` (e^l), and per head ``logits/<h>`` (B, 21, H/dd, W/dd)
-        at the DD resolution and ``hidden/<h>`` (e^h, at the output stride)."""
+        at the DD resolution and ``hidden/<h>`` (e^h, at the output stride).
+
+        ``heads`` limits the seg heads that run (inference needs only one; None = all).
+
+        Raises:
+            KeyError: a name in ``heads`` that the model does not have."""
         feats = self.backbone(x)
         size = (x.shape[2] // self.dd_stride, x.shape[3] // self.dd_stride)
         out = {"low": feats["low"]}
-        for name, head in self.heads.items():
+        for name in (self.heads.keys() if heads is None else heads):
+            head = self.heads[name]
             logits, hidden = head(feats["out"])
             out[f"logits/{name}"] = F.interpolate(logits, size, mode="bilinear", align_corners=False)
             out[f"hidden/{name}"] = hidden
