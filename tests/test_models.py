@@ -1,0 +1,68 @@
+"""Backbones and seg models on real images (DESIGN §4)."""
+import numpy as np
+import pytest
+import torch
+
+from ssdd_core.data import normalize, resize_image
+from ssdd_core.models.backbones import build_backbone
+from ssdd_core.models.nets import SegModel
+
+CAT, DOG = 8, 12  # VOC ids
+
+
+def _imagenet_top1(net, x):
+    """Top-1 ImageNet class of the package's own classifier head on backbone features."""
+    with torch.no_grad():
+        return int(net._fc(net._avg_pooling(x).flatten(1)).argmax(1))
+
+
+def test_efficientnet_lite0_sees_the_input_range_of_its_weights(sample):
+    """The TF-converted EfficientNet-Lite0 weights expect (x - 127.5) / 127.5; our data layer
+    normalises with ImageNet mean/std, and the backbone maps one to the other. Independent
+    check: the pretrained ImageNet head names cats and dogs of the shipped sample right more
+    often with the mapping than when the ImageNet-normalised tensor goes in as it is."""
+    torch.set_num_threads(2)
+    bb = build_backbone("efficientnet_lite0", 32).eval()
+    imgs = []
+    for i in sample.read_ids("train_aug"):
+        labels = set(sample.image_labels(i).tolist())
+        if labels & {CAT, DOG} and not {CAT, DOG} <= labels:
+            imgs.append((resize_image(sample.load_image(i), (224, 224)), CAT if CAT in labels else DOG))
+    assert len(imgs) >= 8, "the shipped sample should hold cat / dog images"
+    raw = imgs[0][0]
+    x = torch.from_numpy(normalize(raw))[None]
+    mapped = x * bb.in_scale + bb.in_shift
+    ref = torch.from_numpy((raw.astype(np.float32) / 255.0 - 0.5) / 0.5).permute(2, 0, 1)[None]
+    assert torch.allclose(mapped, ref, atol=1e-5)
+
+    def right(top, c):
+        return (281 <= top <= 285) if c == CAT else (151 <= top <= 268)
+
+    hits_mapped = hits_raw = 0
+    for img, c in imgs:
+        x = torch.from_numpy(normalize(img))[None]
+        hits_mapped += right(_imagenet_top1(bb.net, bb(x)["out"]), c)
+        n = bb.net
+        with torch.no_grad():  # the same network fed the ImageNet-normalised tensor directly
+            f = x
+            f = n._swish(n._bn0(n._conv_stem(f)))
+            for b in n._blocks:
+                f = b(f)
+            f = n._swish(n._bn1(n._conv_head(f)))
+        hits_raw += right(_imagenet_top1(n, f), c)
+    assert hits_mapped >= 0.6 * len(imgs)
+    assert hits_mapped > hits_raw
+
+
+def test_seg_model_runs_only_the_requested_heads():
+    torch.manual_seed(0)
+    model = SegModel(build_backbone("efficientnet_lite0", 16, pretrained=False), ("main", "sub"), ("d1",),
+                     hidden=32, dilation=2, dd_width=16).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        full = model(x)
+        only = model(x, heads=("main",))
+    assert "logits/sub" not in only and "hidden/sub" not in only
+    assert torch.equal(full["logits/main"], only["logits/main"])
+    with pytest.raises(KeyError):
+        model(x, heads=("base",))
