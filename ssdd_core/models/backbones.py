@@ -79,8 +79,8 @@ class EfficientNetLite0(Backbone):
 
     Input: like every backbone here, ImageNet mean/std-normalised RGB (``data.normalize``).
     The weights are converted from TensorFlow's EfficientNet-Lite, which was trained on
-    ``(x − 127) / 128`` (mean = std = 0.5 on [0, 1]), so ``forward`` maps the input to that
-    range first. On 50 voc2012_mini images (224², ImageNet head) the TF range gives a mean top-1
+    inputs in [-1, 1] (``(x − 127) / 128``), so ``forward`` first maps the input to
+    ``(x / 255 − 0.5) / 0.5``. On 50 voc2012_mini images (224², ImageNet head) the TF range gives a mean top-1
     probability of 0.46 vs 0.36 and 27 vs 21 of 32 cat / dog images in the right ImageNet
     synsets; with batch norm frozen the network cannot adapt to the wrong range.
     """
