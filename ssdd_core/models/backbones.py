@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..data import DataError
+from ..data import MEAN, STD, DataError
 
 _REGISTRY: dict[str, Callable[..., "Backbone"]] = {}
 
@@ -85,10 +85,6 @@ class EfficientNetLite0(Backbone):
     synsets; with batch norm frozen the network cannot adapt to the wrong range.
     """
 
-    #: per-channel affine that turns ImageNet-normalised input into (x/255 − 0.5) / 0.5
-    _IN_SCALE = (0.229 / 0.5, 0.224 / 0.5, 0.225 / 0.5)
-    _IN_SHIFT = ((0.485 - 0.5) / 0.5, (0.456 - 0.5) / 0.5, (0.406 - 0.5) / 0.5)
-
     _STAGE_STARTS = {8: 5, 16: 11}  # first block of the stage that a stride-s model dilates
 
     def __init__(self, pretrained: bool = True, weights: str | None = None):
@@ -110,8 +106,9 @@ class EfficientNetLite0(Backbone):
         self.channels = {"low": 24, "mid": 40, "high": 112, "out": 1280}
         self.output_stride = 32
         # Not persistent: checkpoints hold only the network's own parameters.
-        self.register_buffer("in_scale", torch.tensor(self._IN_SCALE).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("in_shift", torch.tensor(self._IN_SHIFT).view(1, 3, 1, 1), persistent=False)
+        # Per-channel affine from data.normalize's output, (x/255 − MEAN) / STD, to (x/255 − 0.5) / 0.5.
+        self.register_buffer("in_scale", torch.from_numpy(STD / 0.5).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("in_shift", torch.from_numpy((MEAN - 0.5) / 0.5).view(1, 3, 1, 1), persistent=False)
 
     def set_output_stride(self, os_: int) -> None:
         if os_ not in (8, 16, 32):
