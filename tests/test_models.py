@@ -62,3 +62,39 @@ def test_seg_model_runs_only_the_requested_heads():
     assert torch.equal(full["logits/main"], only["logits/main"])
     with pytest.raises(KeyError):
         model(x, heads=("base",))
+
+
+def test_frozen_stem_keeps_imagenet_weights_through_classifier_training(sample):
+    """cls.freeze_stem (PSA / IRN): a classifier step on real sample crops updates the later
+    blocks and the CAM layer but leaves the stem bit-identical, with no gradient reaching it."""
+    from ssdd_core.datasets import ClsDataset
+    from ssdd_core.models.backbones import freeze_stem
+    from ssdd_core.models.nets import Classifier
+    from ssdd_core.train import cls_step, make_optimizer
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    model = Classifier(build_backbone("efficientnet_lite0", 16))
+    stem = {id(p) for m in model.backbone.stem_modules() for p in m.parameters()}
+    assert freeze_stem(model.backbone) == len(stem) > 0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = sample.read_ids("train_aug")[:8]
+    labels = {i: sample.image_labels(i).tolist() for i in ids}
+    ds = ClsDataset(sample, ids, labels, 96, seed=0, scale_range=(1.0, 1.2))
+    batch = torch.utils.data.default_collate([ds[k] for k in range(len(ids))])
+    opt = make_optimizer(model, 0.01, 0.0005)
+    assert not stem & {id(p) for g in opt.param_groups for p in g["params"]}
+    model.train()
+    loss, _ = cls_step(model, batch, torch.device("cpu"))
+    opt.zero_grad()
+    loss.backward()
+    assert all(p.grad is None for m in model.backbone.stem_modules() for p in m.parameters())
+    opt.step()
+    after = model.state_dict()
+    net = model.backbone.net
+    stem_names = [f"backbone.net.{n}" for n, _ in net.named_parameters()
+                  if n.startswith(("_conv_stem", "_bn0", "_blocks.0.", "_blocks.1.", "_blocks.2."))]
+    assert stem_names and all(torch.equal(before[k], after[k]) for k in stem_names)
+    assert not torch.equal(before["backbone.net._blocks.3._expand_conv.weight"],
+                           after["backbone.net._blocks.3._expand_conv.weight"])
+    assert not torch.equal(before["fc.weight"], after["fc.weight"])
