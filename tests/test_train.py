@@ -202,3 +202,36 @@ def test_dynamic_warmup_trains_heads_on_d0(seg_batch):
     assert warm["warmup"] == 1.0 and after["warmup"] == 0.0
     assert warm["main"] == pytest.approx(ref, rel=1e-5)
     assert after["d2_eq_d0"] < 0.99 and abs(after["main"] - ref) > 1e-3
+
+
+def test_ddnet_batchnorm_normalises_with_batch_statistics(seg_batch):
+    """The DD-Net's BN uses batch statistics in training (affine fixed, left out of the
+    optimizer) while the encoder's and seg head's BN stay frozen; so on real images the one-hot
+    mask branch enters the bottleneck at the scale of the image branch."""
+    from ssdd_core.models.backbones import build_backbone
+    from ssdd_core.models.nets import SegModel
+    from ssdd_core.train import make_optimizer
+
+    torch.manual_seed(0)
+    model = SegModel(build_backbone("efficientnet_lite0", 16), ("base",), ("d0",), hidden=32, dilation=2,
+                     dd_width=16, dd_stride=4).train()
+    dd_bn = [m for m in model.ddnets.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    other_bn = [m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d) and not n.startswith("ddnets.")]
+    assert dd_bn and other_bn
+    assert all(m.training for m in dd_bn) and not any(m.training for m in other_bn)
+    bn_params = {id(p) for m in dd_bn + other_bn for p in m.parameters()}
+    assert not any(id(p) in bn_params for g in make_optimizer(model, 1e-3, 0.0).param_groups for p in g["params"])
+    enc_mean = other_bn[0].running_mean.clone()
+    out = model(seg_batch["img"])
+    dd = model.ddnets["d0"]
+    f = dd.features(out["hidden/base"], out["low"], seg_batch["K0"].shape[-2:])
+    mk = seg_batch["K0"].clone()
+    valid = mk != 255
+    mk[~valid] = 0
+    onehot = torch.nn.functional.one_hot(mk, 21).permute(0, 3, 1, 2).float() * valid.unsqueeze(1)
+    ratio = float(dd.mask(onehot).std() / f.std())
+    assert 0.5 < ratio < 2.0, ratio
+    assert torch.equal(other_bn[0].running_mean, enc_mean)            # frozen BN: no update
+    assert any(float(m.running_mean.abs().sum()) > 0 for m in dd_bn)  # DD BN: updated
+    model.eval()
+    assert not any(m.training for m in dd_bn)
