@@ -1,0 +1,125 @@
+"""Is the dynamic stage refining or drifting? (analysis for the dynamic-training issue; train GT only)
+
+Runs a trained ``dynamic.pt`` the way one training iteration does (same crops, in-loop CRF
+and integration, SSDD Eq. 11-14) on every N-th training id that has GT, without updating
+anything, and reports against the training GT:
+
+* for m^D0, m^K1 (main head, argmax over present labels), m^A1 (its CRF), m^D1, m^sub and
+  m^D2: pixel accuracy, predicted foreground fraction, mIoU over the classes in GT and
+  background IoU. m^D2 is what the main head learns from: if it is below m^D0, the dynamic
+  stage feeds the model worse labels than the static one gave it;
+* for each DD-Net output (d1 on m^K1 / m^A1, d2 on m^D0 / m^D1): mean and std of σ(d) and its
+  ROC AUC for the pixels where that mask is wrong (0.5 = blind; std ≈ 0 = collapsed);
+* the same with other integration biases (``--bias b_dd,b_class,b_bg``, repeatable), to see
+  whether Eq. 3 is decided by the DD-Nets or by the bias.
+
+Usage (from the repository folder, as data paths in configs are relative to it):
+    python tools/dynamic_diagnostics.py results --configfile config/voc2012_mini.yaml \
+        [--model results/models/dynamic.pt] [--every 6] [--bias 0.4,1,0] [--bias=-0.1,1,0] > diag.json
+The config must be the one the model was trained with (config.yaml, then each --configfile).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ssdd_core import ssdd, stages  # noqa: E402
+from ssdd_core.crf import CRFParams  # noqa: E402
+from ssdd_core.data import VOCRoot  # noqa: E402
+from ssdd_core.datasets import SegDataset  # noqa: E402
+from ssdd_core.io import read_json  # noqa: E402
+from ssdd_core.metrics import ConfusionMatrix, roc_auc  # noqa: E402
+from ssdd_core.train import InLoopCRF, present_argmax  # noqa: E402
+
+MASKS = ("D0", "K1", "A1", "D1", "sub", "D2")
+
+
+def merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        base[k] = merge(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return base
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results")
+    ap.add_argument("--configfile", action="append", default=[])
+    ap.add_argument("--model", default=None, help="default RESULTS/models/dynamic.pt")
+    ap.add_argument("--every", type=int, default=6, help="use every N-th training id")
+    ap.add_argument("--bias", action="append", default=[], help="extra b_dd,b_class,b_bg to compare")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    root = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load(open(root / "config.yaml"))
+    for f in a.configfile:
+        cfg = merge(cfg, yaml.safe_load(open(f)))
+    torch.set_num_threads(a.threads)
+    res = Path(a.results)
+    d = cfg["dynamic"]
+    labels = read_json(res / "labels" / "train.json")["labels"]
+    voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
+    splits = sorted(str(p) for p in (res / "splits" / "train").glob("*.txt"))
+    d0 = stages.id_map(splits, sorted(str(p) for p in (res / "masks" / "D0").iterdir()), ".png")
+    ids = [i for i in sorted(i for i in labels if i in d0)[:: a.every] if voc.mask_path(i).exists()]
+    if not ids:
+        sys.exit(f"{res}: no training id with a GT mask under {voc.mask_path('x').parent}")
+    gt = {i: str(voc.mask_path(i)) for i in ids}
+    model = stages._seg_model(cfg, ("main", "sub"), ("d1", "d2"), cfg["model"]["train_output_stride"])
+    stages._load_into(model, a.model or str(res / "models" / "dynamic.pt"))
+    model.eval()
+    ds = SegDataset(voc, ids, labels, d["crop"], seed=cfg["seed"], masks={"D0": d0, "GT": gt},
+                    resize_range=tuple(d["resize_range"]), dd_stride=cfg["seg"]["dd_stride"])
+    crf = InLoopCRF(CRFParams.from_config({**cfg["crf"], "iters": d["crf_iters"]}), 0,
+                    scale=1.0 / cfg["seg"]["dd_stride"])
+    biases = [(d["b_dd"], d["b_class"], d["b_bg"])] + [tuple(float(x) for x in b.split(",")) for b in a.bias]
+    cms = {b: {m: ConfusionMatrix() for m in MASKS} for b in biases}
+    dd = {k: ([], []) for k in ("d1(K1)", "d1(A1)", "d2(D0)", "d2(D1)")}
+    with torch.no_grad():
+        for batch in torch.utils.data.DataLoader(ds, batch_size=d["batch"]):
+            y21, md0, g = batch["y21"], batch["D0"], batch["GT"]
+            out = model(batch["img"])
+            lm = out["logits/main"]
+            mk1 = present_argmax(lm, y21)
+            ma1 = crf(batch["img_dd"].numpy(), F.softmax(lm, 1), y21)
+            msub = present_argmax(out["logits/sub"], y21)
+            dk1, da1 = model.dd("d1", out, "main", mk1), model.dd("d1", out, "main", ma1)
+            dd0 = model.dd("d2", out, "sub", md0)
+            for b in biases:
+                md1 = ssdd.integrate(dk1, da1, mk1, ma1, ssdd.batch_flags(mk1, ma1, y21, d["flag_ratio"]), *b)
+                dd1 = model.dd("d2", out, "sub", md1)
+                md2 = ssdd.integrate(dd0, dd1, md0, md1, ssdd.batch_flags(md0, md1, y21, d["flag_ratio"]), *b)
+                for name, m in zip(MASKS, (md0, mk1, ma1, md1, msub, md2)):
+                    cms[b][name].update(m.numpy(), g.numpy())
+                if b == biases[0]:
+                    for key, logit, m in (("d1(K1)", dk1, mk1), ("d1(A1)", da1, ma1), ("d2(D0)", dd0, md0),
+                                          ("d2(D1)", dd1, md1)):
+                        v = (g != 255) & (m != 255)
+                        dd[key][0].append(torch.sigmoid(logit)[v].numpy())
+                        dd[key][1].append((m != g)[v].numpy())
+    crf.close()
+    out = {"ids": len(ids), "model": a.model or str(res / "models" / "dynamic.pt"), "masks": {}, "ddnets": {}}
+    for b in biases:
+        rows = {}
+        for name, cm in cms[b].items():
+            r, mat = cm.compute(), cm.mat
+            rows[name] = {"pixel_acc": float(np.trace(mat) / max(1, mat.sum())),
+                          "fg_pred": float(1 - mat[:, 0].sum() / max(1, mat.sum())),
+                          "fg_gt": float(1 - mat[0].sum() / max(1, mat.sum())),
+                          "miou": r["miou"], "bg_iou": r["iou"][0]}
+        out["masks"][",".join(f"{x:g}" for x in b)] = rows
+    for key, (s, w) in dd.items():
+        s, w = np.concatenate(s), np.concatenate(w)
+        out["ddnets"][key] = {"sigmoid_mean": float(s.mean()), "sigmoid_std": float(s.std()),
+                              "wrong_rate": float(w.mean()), "auc_for_wrong": roc_auc(s, w)}
+    json.dump(out, sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()
