@@ -169,13 +169,17 @@ class DDNet(FrozenBNMixin, nn.Module):
         el = F.interpolate(e_low.detach(), size, mode="bilinear", align_corners=False)
         return self.feat(torch.cat([eh, el], 1))
 
-    def head(self, f: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Mask branch + bottleneck: f from :meth:`features`, mask (B, H, W) → (B, H, W) logits."""
+    def encode_mask(self, mask: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+        """Mask branch: mask (B, H, W) int64, 0..20 or 255 (all-zero one-hot) → (B, width, H, W)."""
         m = mask.clone()
         valid = m != 255
         m[~valid] = 0
-        onehot = F.one_hot(m, NUM_CLASSES).permute(0, 3, 1, 2).to(f.dtype) * valid.unsqueeze(1).to(f.dtype)
-        x = torch.cat([f, self.mask(onehot)], 1)
+        onehot = F.one_hot(m, NUM_CLASSES).permute(0, 3, 1, 2).to(dtype) * valid.unsqueeze(1).to(dtype)
+        return self.mask(onehot)
+
+    def head(self, f: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mask branch + bottleneck: f from :meth:`features`, mask (B, H, W) → (B, H, W) logits."""
+        x = torch.cat([f, self.encode_mask(mask, f.dtype)], 1)
         return self.out(F.relu(self.bottleneck(x) + self.shortcut(x))).squeeze(1)
 
     def forward(self, e_high: torch.Tensor, e_low: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
