@@ -25,25 +25,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
+from snakemake.utils import update_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ssdd_core import ssdd, stages  # noqa: E402
+from ssdd_core import stages  # noqa: E402
 from ssdd_core.crf import CRFParams  # noqa: E402
 from ssdd_core.data import VOCRoot  # noqa: E402
 from ssdd_core.datasets import SegDataset  # noqa: E402
 from ssdd_core.io import read_json  # noqa: E402
 from ssdd_core.metrics import ConfusionMatrix, roc_auc  # noqa: E402
-from ssdd_core.train import InLoopCRF, present_argmax  # noqa: E402
+from ssdd_core.train import InLoopCRF, dynamic_masks  # noqa: E402
 
 MASKS = ("D0", "K1", "A1", "D1", "sub", "D2")
-
-
-def merge(base: dict, over: dict) -> dict:
-    for k, v in over.items():
-        base[k] = merge(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return base
+DD = (("d1(K1)", "K1"), ("d1(A1)", "A1"), ("d2(D0)", "D0"), ("d2(D1)", "D1"))
 
 
 def main():
@@ -58,7 +53,7 @@ def main():
     root = Path(__file__).resolve().parents[1]
     cfg = yaml.safe_load(open(root / "config.yaml"))
     for f in a.configfile:
-        cfg = merge(cfg, yaml.safe_load(open(f)))
+        update_config(cfg, yaml.safe_load(open(f)))
     torch.set_num_threads(a.threads)
     res = Path(a.results)
     d = cfg["dynamic"]
@@ -79,36 +74,29 @@ def main():
                     scale=1.0 / cfg["seg"]["dd_stride"])
     biases = [(d["b_dd"], d["b_class"], d["b_bg"])] + [tuple(float(x) for x in b.split(",")) for b in a.bias]
     cms = {b: {m: ConfusionMatrix() for m in MASKS} for b in biases}
-    dd = {k: ([], []) for k in ("d1(K1)", "d1(A1)", "d2(D0)", "d2(D1)")}
+    dd = {k: ([], []) for k, _ in DD}
     with torch.no_grad():
         for batch in torch.utils.data.DataLoader(ds, batch_size=d["batch"]):
-            y21, md0, g = batch["y21"], batch["D0"], batch["GT"]
+            g = batch["GT"]
             out = model(batch["img"])
-            lm = out["logits/main"]
-            mk1 = present_argmax(lm, y21)
-            ma1 = crf(batch["img_dd"].numpy(), F.softmax(lm, 1), y21)
-            msub = present_argmax(out["logits/sub"], y21)
-            dk1, da1 = model.dd("d1", out, "main", mk1), model.dd("d1", out, "main", ma1)
-            dd0 = model.dd("d2", out, "sub", md0)
             for b in biases:
-                md1 = ssdd.integrate(dk1, da1, mk1, ma1, ssdd.batch_flags(mk1, ma1, y21, d["flag_ratio"]), *b)
-                dd1 = model.dd("d2", out, "sub", md1)
-                md2 = ssdd.integrate(dd0, dd1, md0, md1, ssdd.batch_flags(md0, md1, y21, d["flag_ratio"]), *b)
-                for name, m in zip(MASKS, (md0, mk1, ma1, md1, msub, md2)):
-                    cms[b][name].update(m.numpy(), g.numpy())
+                r = dynamic_masks(model, out, batch["img_dd"].numpy(), batch["D0"], batch["y21"], crf, b,
+                                  d["flag_ratio"])
+                r["D0"] = batch["D0"]
+                for name in MASKS:
+                    cms[b][name].update(r[name].numpy(), g.numpy())
                 if b == biases[0]:
-                    for key, logit, m in (("d1(K1)", dk1, mk1), ("d1(A1)", da1, ma1), ("d2(D0)", dd0, md0),
-                                          ("d2(D1)", dd1, md1)):
-                        v = (g != 255) & (m != 255)
-                        dd[key][0].append(torch.sigmoid(logit)[v].numpy())
-                        dd[key][1].append((m != g)[v].numpy())
+                    for key, name in DD:
+                        v = (g != 255) & (r[name] != 255)
+                        dd[key][0].append(torch.sigmoid(r[key])[v].numpy())
+                        dd[key][1].append((r[name] != g)[v].numpy())
     crf.close()
     out = {"ids": len(ids), "model": a.model or str(res / "models" / "dynamic.pt"), "masks": {}, "ddnets": {}}
     for b in biases:
         rows = {}
         for name, cm in cms[b].items():
             r, mat = cm.compute(), cm.mat
-            rows[name] = {"pixel_acc": float(np.trace(mat) / max(1, mat.sum())),
+            rows[name] = {"pixel_acc": r["pixel_accuracy"],
                           "fg_pred": float(1 - mat[:, 0].sum() / max(1, mat.sum())),
                           "fg_gt": float(1 - mat[0].sum() / max(1, mat.sum())),
                           "miou": r["miou"], "bg_iou": r["iou"][0]}
