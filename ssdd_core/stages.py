@@ -16,7 +16,7 @@ from tqdm import tqdm
 from . import infer as infer_mod
 from . import psa as psa_mod
 from .crf import CRFParams, dense_crf
-from .data import NUM_CLASSES, VOCRoot, image_label_table
+from .data import VOCRoot, image_label_table
 from .datasets import AffDataset, ClsDataset, SegDataset
 from .infer import predict, static_integrate
 from .io import (ArtifactError, H5Writer, atomic_dir, load_checkpoint, load_mask_png, read_h5, read_h5_ids, read_json,

@@ -6,7 +6,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path

@@ -132,7 +132,6 @@ def test_h5_writer_is_atomic(tmp_path):
 
 
 def test_checkpoint_of_another_architecture(tmp_path):
-    import torch
     from ssdd_core.io import save_checkpoint
     from ssdd_core.models.backbones import build_backbone
     from ssdd_core.models.nets import AffinityNet, Classifier

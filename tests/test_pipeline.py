@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO, copy_workflow, snakemake
+from conftest import copy_workflow, snakemake
 
 
 @pytest.fixture(scope="module")

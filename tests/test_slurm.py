@@ -6,11 +6,9 @@ a user adapts them to their cluster: no GPUs (gres dropped), small memory / runt
 """
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
