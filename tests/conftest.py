@@ -6,21 +6,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_VOC = (REPO / ".." / "shared" / "data" / "voc2012_mini").resolve()
 SAMPLE = REPO / "data" / "voc12_sample"
 
 
 @pytest.fixture(scope="session")
-def voc_mini():
-    """The shared real VOC subset (falls back to the shipped sample when shared/ is absent)."""
-    from ssdd_core.data import VOCRoot
-
-    root = SHARED_VOC if SHARED_VOC.exists() else SAMPLE
-    return VOCRoot(root, "SegmentationClass")
-
-
-@pytest.fixture(scope="session")
 def sample():
+    """The real VOC sample shipped in ``data/voc12_sample`` (SBD masks as GT). Tests use only
+    files of the clone: ``../shared`` (the larger voc2012_mini) is for configs, never for tests."""
     from ssdd_core.data import VOCRoot
 
     return VOCRoot(SAMPLE, "SegmentationClassAug")
