@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .crf import CRFParams, dense_crf_resized
 from .data import normalize
+from .models.backbones import resample_grid
 
 IGNORE = 255
 
@@ -39,8 +40,9 @@ def compute_cam(model, img: np.ndarray, labels: Sequence[int], scales=(1.0, 0.5,
         sh, sw = max(1, round(h * s * base)), max(1, round(w * s * base))
         xs = F.interpolate(x, (sh, sw), mode="bilinear", align_corners=False)
         batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
-        cam = model.cam(batch)[:, idx]
-        cam = F.interpolate(cam, (h, w), mode="bilinear", align_corners=False)
+        cam = resample_grid(model.cam(batch)[:, idx], model.backbone.output_stride, 1, (sh, sw))
+        if (sh, sw) != (h, w):
+            cam = F.interpolate(cam, (h, w), mode="bilinear", align_corners=False)
         acc += cam[0]
         if flip:
             acc += cam[1].flip(-1)

@@ -98,3 +98,108 @@ def test_frozen_stem_keeps_imagenet_weights_through_classifier_training(sample):
     assert not torch.equal(before["backbone.net._blocks.3._expand_conv.weight"],
                            after["backbone.net._blocks.3._expand_conv.weight"])
     assert not torch.equal(before["fc.weight"], after["fc.weight"])
+
+
+# --------------------------------------------------------------------------- alignment (issue 17)
+
+def flip_shift(f, x: torch.Tensor, stride: int) -> float:
+    """How far (image px, along x) f's features of the mirrored image, mirrored back, lie from
+    f's features of the image: ``2 × (actual − ideal)`` cell centre, 0 for an aligned f.
+
+    Both maps are projected on 16 fixed random directions, upsampled to the image with
+    :func:`resample_grid` and compared at integer shifts within ±3 strides (parabolic sub-pixel
+    refinement of the least squared difference). Only left-right mirroring: images seen
+    upside down are not natural images, and every backbone pads x and y alike."""
+    from ssdd_core.models.backbones import resample_grid
+
+    H, W = x.shape[2:]
+    fa, fb = f(x), f(x.flip(-1)).flip(-1)
+    proj = torch.randn(16, fa.shape[1], generator=torch.Generator().manual_seed(0))
+    a, b = (resample_grid(torch.einsum("kc,bchw->bkhw", proj, t), stride, 1, (H, W)) for t in (fa, fb))
+    m = 3 * stride
+    err = np.array([float(((a[..., m:W - m] - b[..., m + d:W - m + d]) ** 2).mean()) for d in range(-m, m + 1)])
+    k = int(err.argmin())
+    sub = 0.0
+    if 0 < k < len(err) - 1 and err[k - 1] - 2 * err[k] + err[k + 1] > 0:
+        sub = 0.5 * (err[k - 1] - err[k + 1]) / (err[k - 1] - 2 * err[k] + err[k + 1])
+    return k - m + sub
+
+
+def _real_crops(sample, n=2, size=256):
+    out = []
+    for i in sample.read_ids("train_aug")[:n]:
+        out.append(torch.from_numpy(normalize(resize_image(sample.load_image(i), (size, size))))[None])
+    return out
+
+
+@pytest.mark.parametrize("os_, old", [(32, 1.0), (16, -31.5), (8, -24.0)])
+@torch.no_grad()
+def test_efficientnet_out_is_aligned_at_every_output_stride(sample, os_, old):
+    """Flip equivariance on real images with the ImageNet weights: the ``out`` cell j sits at
+    s·j + (s − 1)/2 px within s/8 (flip shift ≤ s/4 px). ``old``: what the old conversion
+    measured here (dilated converted convs, TF "same" padding); ≤ −24 at stride 8 means
+    beyond the search window of ±3 strides."""
+    torch.set_num_threads(2)
+    bb = build_backbone("efficientnet_lite0", os_).eval()
+    shifts = [flip_shift(lambda t: bb(t)["out"], x, os_) for x in _real_crops(sample, 3, 320)]
+    assert max(abs(v) for v in shifts) <= os_ / 4, f"output stride {os_}: flip shifts {shifts} (old: {old})"
+
+
+CONVERSIONS = [("efficientnet_lite0", 16), ("efficientnet_lite0", 8), ("resnet50", 16), ("resnet50", 8),
+               ("resnet38", 8)]
+
+
+def test_conversion_cases_cover_the_registry():
+    from ssdd_core.models.backbones import available
+
+    assert {name for name, _ in CONVERSIONS} == set(available())
+
+
+@pytest.mark.parametrize("name, os_", CONVERSIONS)
+@torch.no_grad()
+def test_conversion_is_exact_a_trous(sample, name, os_):
+    """The stride-s network is the stride-2s one computed densely: its ``out`` at even cells
+    equals the stride-2s ``out`` of the image moved s/2 px right and down (the last strided
+    layer samples one cell back, module docstring), up to zero-padding effects near borders.
+    Holds for any weights (here: a fixed random init for the ResNets, whose ImageNet weights
+    are not shipped). Dilating the converted conv itself, as the old code did, breaks it."""
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    fine = build_backbone(name, os_, pretrained=name == "efficientnet_lite0").eval()
+    coarse = build_backbone(name, 2 * os_, pretrained=False).eval()
+    coarse.load_state_dict(fine.state_dict())
+    t = os_ // 2
+    x = _real_crops(sample, 1, 512)[0]
+    a = fine(x)["out"][..., ::2, ::2]
+    b = coarse(torch.nn.functional.pad(x, (t, 0, t, 0))[..., :512, :512])["out"]
+    n = a.shape[-1]
+    c = slice(n // 3, n - n // 3)  # the central third: away from the borders
+    rel = float((a[..., c, c] - b[..., c, c]).norm() / b[..., c, c].norm())
+    # measured 0.032 / 0.030 (EfficientNet-Lite0 16 / 8), <= 0.003 (ResNets); the old code
+    # 0.93 / 0.96 (EfficientNet), 0.15 / 0.11 (ResNet-50), 0.27 (ResNet-38: exact, but at
+    # another shift, as its phases were symmetric)
+    assert rel < 0.05, f"{name} stride {os_} vs {2 * os_}: relative difference {rel:.3f}"
+
+
+def test_resample_grid_keeps_cell_centres_on_sizes_that_are_not_multiples():
+    """A 200-px image gives 13 stride-16 cells spanning 208 px: resizing them straight to 200 px
+    (the old CAM / logit upsampling) pulls a response at x = 160 to ~154; resample_grid
+    keeps it at 160 (independent reference: average pooling, whose cell j covers 16j..16j+15)."""
+    import torch.nn.functional as F
+
+    from ssdd_core.models.backbones import resample_grid
+
+    x = torch.zeros(1, 1, 200, 200)
+    x[..., 152:168] = 1.0  # a vertical bar centred on x = 159.5
+    cells = F.avg_pool2d(F.pad(x, (0, 8, 0, 8)), 16)  # (1, 1, 13, 13)
+    cols = torch.arange(200, dtype=torch.float32)
+
+    def centre(m):
+        w = m[0, 0].mean(0)
+        return float((w * cols).sum() / w.sum())
+
+    assert abs(centre(resample_grid(cells, 16, 1, (200, 200))) - 159.5) < 0.5
+    assert abs(centre(F.interpolate(cells, (200, 200), mode="bilinear", align_corners=False)) - 159.5) > 4
+    assert resample_grid(cells, 16, 4, (50, 50)).shape[-2:] == (50, 50)
+    with pytest.raises(ValueError, match="fewer than"):
+        resample_grid(cells, 16, 1, (209, 200))

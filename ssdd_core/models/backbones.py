@@ -5,13 +5,46 @@ A backbone maps an image batch ``(B, 3, H, W)`` float32 to a dict of feature map
 8) and ``out`` (the output stride, 8 / 16 / 32). ``set_output_stride`` switches between
 output strides in place by turning stride-2 convolutions into dilated ones (DeepLab style),
 so a model trained at stride 16 can run at stride 8 at inference.
+
+Alignment (issue 17). The ``out`` cell ``j`` must sit where the pipeline's bilinear
+upsampling (``align_corners=False``, :func:`resample_grid`) puts it, at ``s·j + (s − 1)/2``
+image pixels. A stride-2 conv with an odd kernel centres its output ``j`` on input
+``2j + φ`` for an integer phase φ (set by its padding), never on ``2j + ½``. Measured with
+EfficientNet-Lite0's ImageNet weights (flip equivariance, ``tests/test_models.py``), the
+network as trained (TF "same" padding, φ = 1 at every strided layer) is aligned at its native
+stride 32 within 1 px: training with flips made its kernels' mass sit about half a cell off
+their geometric centre, on the cell centre. So:
+
+* Strided layers keep their pretrained phase (``_PHASES``), and the last strided one moves
+  one input cell back (φ − 1) when later layers are converted (below).
+* *Conversion* (DeepLab; torchvision's ``replace_stride_with_dilation``): the conv whose
+  stride is removed keeps the dilation it had and its pretrained padding (exact "à trous":
+  its output at even cells is the strided output); only the layers after it are dilated.
+  Dilating the converted conv itself (the old code) doubled its off-centre mass.
+* The exact dense conversion of a pretrained strided conv lands half a tap after the cell
+  centre (its learnt centre is ``2j + ½``, i.e. dense ``i + ½``), which adds up to
+  ``Σ tap/2`` px over the converted layers: 8 px at stride 16 (one tap of 16), 12 at
+  stride 8 (taps 8 and 16). It is cancelled by whole-cell shifts: every converted conv but
+  the last moves one tap back (φ − 1), and the last strided one one input cell back.
+* Stride-1 layers pad symmetrically, ``dilation·(k − 1)/2``; padding is explicit, so the
+  phase no longer depends on whether an input size is even (TF "same" padding did).
+
+Measured flip shifts (x, 2 × the cell-centre error, mean of 3 real 320² sample images):
+EfficientNet-Lite0 −31.5 px → −1.2 at stride 16, saturated (≤ −24) → +1 at stride 8, +1.0
+→ −1.0 at stride 32 (README has the table). ResNet-50 / ResNet-38 follow the same rule with
+the phase their weights were trained with (0, symmetric padding); with no ImageNet weights
+shipped, their alignment is the rule's, checked for exactness (the converted network equals
+the strided one, shifted), not measured on real weights.
+The nested features (``low``, ``mid``) are not re-centred (consecutive strides cannot all be
+centred at once); ``strides`` gives each map's stride.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data import MEAN, STD, DataError
@@ -51,11 +84,49 @@ def build_backbone(name: str, output_stride: int = 16, pretrained: bool = True,
     return bb
 
 
+def resample_grid(t: torch.Tensor, stride: int, to_stride: int, size: tuple[int, int]) -> torch.Tensor:
+    """Resample a map on one stride grid of an image onto another grid of the same image.
+
+    Cell ``j`` of a stride-``s`` grid is centred on pixel ``s·j + (s − 1)/2`` (the backbones'
+    alignment, module docstring). A backbone gives ``ceil(H / s)`` cells for an input of
+    ``H`` pixels, which span ``ceil(H / s)·s ≥ H`` pixels, so resizing them straight to ``H``
+    compresses the grid (up to ``s/2`` px off at the far edge). Here the map is upsampled
+    bilinearly (``align_corners=False``) by exactly ``stride / to_stride``, which keeps every
+    cell centre where it is, and the far edge is cropped to ``size``.
+
+    Args:
+        t: (B, C, h, w) float map on the stride-``stride`` grid.
+        stride, to_stride: source and target strides in input pixels (1 = pixels);
+            ``stride`` must be a multiple of ``to_stride``.
+        size: (h', w') target cells, at most ``(h·stride/to_stride, w·stride/to_stride)``.
+    Returns:
+        (B, C, h', w') tensor of ``t``'s dtype.
+    Raises:
+        ValueError: strides that do not divide, or a ``size`` larger than the source covers.
+    """
+    if stride % to_stride:
+        raise ValueError(f"resample_grid: stride {stride} is not a multiple of {to_stride}")
+    f = stride // to_stride
+    full = (t.shape[-2] * f, t.shape[-1] * f)
+    if size[0] > full[0] or size[1] > full[1]:
+        raise ValueError(f"resample_grid: {tuple(t.shape[-2:])} cells at stride {stride} cover "
+                         f"{full} cells at stride {to_stride}, fewer than the {tuple(size)} asked for")
+    if f > 1:
+        t = F.interpolate(t, full, mode="bilinear", align_corners=False)
+    return t[..., :size[0], :size[1]]
+
+
 class Backbone(nn.Module):
     """Base class: subclasses define ``channels`` (dict name → channels) and ``forward``."""
 
     channels: dict[str, int]
     output_stride: int
+
+    @property
+    def strides(self) -> dict[str, int]:
+        """Stride (input pixels per cell) of each feature map of ``forward``'s dict."""
+        os_ = self.output_stride
+        return {"low": 4, "mid": 8, "high": min(16, os_), "out": os_}
 
     def stem_modules(self) -> list[nn.Module]:  # pragma: no cover - abstract
         """The first layers, which PSA / IRN keep at their ImageNet weights when training the
@@ -64,6 +135,97 @@ class Backbone(nn.Module):
 
     def set_output_stride(self, os_: int) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class PaddedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with explicit ``pads = (left, right, top, bottom)`` zero padding applied
+    before the convolution (a negative pad crops), so a strided conv can sample its input at
+    a chosen phase. Holds the same parameters as the conv it replaces (state-dict compatible)."""
+
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    @classmethod
+    def of(cls, conv: nn.Conv2d) -> "PaddedConv2d":
+        """A PaddedConv2d sharing ``conv``'s weight and bias."""
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, 0, conv.dilation,
+                  conv.groups, conv.bias is not None)
+        new.weight = conv.weight
+        new.bias = conv.bias
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, self.pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class PaddedMaxPool2d(nn.Module):
+    """Max pooling with explicit ``pads`` (padded with −inf), like :class:`PaddedConv2d`."""
+
+    def __init__(self, kernel_size: int, stride: int = 2):
+        super().__init__()
+        self.kernel_size, self.stride, self.dilation = (kernel_size, kernel_size), (stride, stride), (1, 1)
+        self.pads = (0, 0, 0, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.pad(x, self.pads, value=float("-inf"))
+        return F.max_pool2d(x, self.kernel_size, self.stride, 0, self.dilation)
+
+
+def place(layer: nn.Module, stride: int, dilation: int = 1, phase: int = 0) -> None:
+    """Set a :class:`PaddedConv2d` / :class:`PaddedMaxPool2d`'s stride, dilation and padding.
+
+    Padding ``left = dilation·((k − 1)/2 − phase)``, ``right = dilation·(k − 1) − left`` (same
+    on top / bottom): output ``j`` has its geometric centre on input ``stride·j + dilation·phase``
+    and there are ``ceil(n / stride)`` outputs for any input size ``n``. ``phase`` 0 is
+    symmetric padding; TF "same" padding of a stride-2 conv on an even input is phase 1.
+
+    Raises:
+        ValueError: a stride other than 1 or 2, a dilated stride-2 layer, or a phase the kernel
+            cannot reach (|phase| > (k − 1)/2 + 1 would crop more than the kernel covers).
+    """
+    k = layer.kernel_size[0]
+    if stride not in (1, 2) or (stride == 2 and dilation != 1):
+        raise ValueError(f"place: stride {stride} with dilation {dilation} is not supported")
+    if abs(phase) > (k - 1) // 2 + 1:
+        raise ValueError(f"place: phase {phase} out of reach of a {k}×{k} kernel")
+    left = dilation * ((k - 1) // 2 - phase)
+    right = dilation * (k - 1) - left
+    layer.stride, layer.dilation = (stride, stride), (dilation, dilation)
+    layer.pads = (left, right, left, right)
+
+
+def convert_strides(units: list[list[nn.Module]], output_stride: int, phases: Sequence[int]) -> list[int]:
+    """Apply the conversion and phase rules (module docstring) to a backbone's strided units.
+
+    Args:
+        units: the backbone's stride-2 units in forward order, each a list of the layers that
+            carry that stride (a residual block's 3×3 conv and its 1×1 shortcut move together);
+            ``len(units) = log2(native output stride)``.
+        output_stride: the stride wanted; the first ``log2(output_stride)`` units stay strided,
+            the others are converted to stride 1.
+        phases: each unit's pretrained phase (see :func:`place`).
+    Returns:
+        the dilation of the layers that follow each unit (1 while strided, then doubling), for
+        the caller to set on the unit's stride-1 layers.
+    Raises:
+        ValueError: ``output_stride`` is not a power of two the units can give.
+    """
+    n_strided = output_stride.bit_length() - 1  # log2: one stride-2 unit per halving
+    if 2 ** n_strided != output_stride or not 1 <= n_strided <= len(units):
+        raise ValueError(f"output stride {output_stride} is not a power of two from 2 to {2 ** len(units)}")
+    converted = n_strided < len(units)
+    dil, after = 1, []
+    for i, (unit, phase) in enumerate(zip(units, phases)):
+        if i < n_strided:
+            shift = 1 if converted and i == n_strided - 1 else 0  # the last strided: one cell back
+            for layer in unit:
+                place(layer, 2, 1, phase - shift)
+        else:
+            shift = 1 if i < len(units) - 1 else 0  # converted, all but the last: one tap back
+            for layer in unit:
+                place(layer, 1, dil, phase - shift)  # keeps the previous dilation
+            dil *= 2
+        after.append(dil)
+    return after
 
 
 def freeze_stem(backbone: Backbone) -> int:
@@ -109,7 +271,11 @@ class EfficientNetLite0(Backbone):
     synsets; with batch norm frozen the network cannot adapt to the wrong range.
     """
 
-    _STAGE_STARTS = {8: 5, 16: 11}  # first block of the stage that a stride-s model dilates
+    _STRIDED = (1, 3, 5, 11)  # blocks whose depthwise conv has stride 2 (after the stem's)
+    # Pretrained phases of the stem and those blocks (TF "same" padding: 1). The stem's is
+    # calibrated to 0: flip shifts (3 sample images, 320², x) went +2.8 → +0.8 px at stride 16,
+    # +2.9 → +0.9 at stride 8 and +1.0 → −1.0 at stride 32.
+    _PHASES = (0, 1, 1, 1, 1)
 
     def __init__(self, pretrained: bool = True, weights: str | None = None):
         super().__init__()
@@ -123,8 +289,11 @@ class EfficientNetLite0(Backbone):
                 net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path, image_size=None)
         else:
             net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
-        # image_size=None makes every conv compute "same" padding from stride and dilation
-        # at run time, so changing them below keeps the padding right.
+        # The stem and the depthwise convs get explicit padding (set_output_stride); the 1×1
+        # convs pad nothing either way.
+        net._conv_stem = PaddedConv2d.of(net._conv_stem)
+        for b in net._blocks:
+            b._depthwise_conv = PaddedConv2d.of(b._depthwise_conv)
         net._global_params = net._global_params._replace(drop_connect_rate=0.0)
         self.net = net
         self.channels = {"low": 24, "mid": 40, "high": 112, "out": 1280}
@@ -142,18 +311,15 @@ class EfficientNetLite0(Backbone):
     def set_output_stride(self, os_: int) -> None:
         if os_ not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {os_}")
-        # DeepLab-style: the stage whose stride is removed, and every later block, is dilated.
-        for i, b in enumerate(self.net._blocks):
-            if i in (1, 3):
-                stride, dil = 2, 1
-            elif 5 <= i <= 10:
-                stride, dil = (1, 2) if os_ == 8 else (2 if i == 5 else 1, 1)
-            elif i >= 11:
-                stride, dil = {32: (2 if i == 11 else 1, 1), 16: (1, 2), 8: (1, 4)}[os_]
+        n = self.net
+        units = [[n._conv_stem]] + [[n._blocks[i]._depthwise_conv] for i in self._STRIDED]
+        after = convert_strides(units, os_, self._PHASES)
+        dil = 1
+        for i, b in enumerate(n._blocks):
+            if i in self._STRIDED:
+                dil = after[self._STRIDED.index(i) + 1]
             else:
-                stride, dil = 1, 1
-            b._depthwise_conv.stride = (stride, stride)
-            b._depthwise_conv.dilation = (dil, dil)
+                place(b._depthwise_conv, 1, dil)
         self.output_stride = os_
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -193,6 +359,12 @@ class ResNet50(Backbone):
             missing, unexpected = net.load_state_dict(sd, strict=False)
             if [k for k in missing if not k.startswith("fc.")]:
                 raise DataError(f"{p}: not ResNet-50 weights (missing {missing[:3]}...)")
+        net.conv1 = PaddedConv2d.of(net.conv1)
+        net.maxpool = PaddedMaxPool2d(3, 2)
+        for layer in (net.layer2, net.layer3, net.layer4):
+            for blk in layer:
+                blk.conv2 = PaddedConv2d.of(blk.conv2)
+            layer[0].downsample[0] = PaddedConv2d.of(layer[0].downsample[0])
         self.net = net
         self.channels = {"low": 256, "mid": 512, "high": 1024, "out": 2048}
         self.output_stride = 32
@@ -204,19 +376,13 @@ class ResNet50(Backbone):
     def set_output_stride(self, os_: int) -> None:
         if os_ not in (8, 16, 32):
             raise ValueError(f"output_stride must be 8, 16 or 32, got {os_}")
-        for layer, (s32, s16, s8) in ((self.net.layer3, (2, 2, 1)), (self.net.layer4, (2, 1, 1))):
-            stride = {32: s32, 16: s16, 8: s8}[os_]
-            dil = 1
-            if layer is self.net.layer3 and os_ == 8:
-                dil = 2
-            if layer is self.net.layer4:
-                dil = {32: 1, 16: 2, 8: 4}[os_]
-            for j, blk in enumerate(layer):
-                blk.conv2.stride = (stride, stride) if j == 0 else (1, 1)
-                blk.conv2.dilation = (dil, dil)
-                blk.conv2.padding = (dil, dil)
-                if j == 0 and blk.downsample is not None:
-                    blk.downsample[0].stride = (stride, stride)
+        n = self.net
+        layers = (n.layer2, n.layer3, n.layer4)
+        units = [[n.conv1], [n.maxpool]] + [[ly[0].conv2, ly[0].downsample[0]] for ly in layers]
+        after = convert_strides(units, os_, (0, 0, 0, 0, 0))  # torchvision pads symmetrically
+        for layer, dil in zip(layers, after[2:]):
+            for blk in layer[1:]:
+                place(blk.conv2, 1, dil)
         self.output_stride = os_
 
     def forward(self, x):
@@ -240,7 +406,7 @@ class _ResBlock(nn.Module):
     def __init__(self, in_ch, mid_ch, out_ch, stride=1, first_dilation=None, dilation=1):
         super().__init__()
         self.same_shape = in_ch == out_ch and stride == 1
-        first_dilation = first_dilation or dilation
+        first_dilation = first_dilation or dilation  # the converted conv keeps the previous dilation
         self.bn_branch2a = nn.BatchNorm2d(in_ch)
         self.conv_branch2a = nn.Conv2d(in_ch, mid_ch, 3, stride, padding=first_dilation, dilation=first_dilation,
                                        bias=False)
@@ -316,8 +482,12 @@ class ResNet38(Backbone):
                 raise DataError(f"{p}: not ResNet-38 (PSA resnet38d) weights: missing {missing[:3]} "
                                 f"({len(missing)} keys)")
             self.load_state_dict({k: sd[k] for k in own})
+        for blk in (self.b2, self.b3, self.b4, self.b5):
+            blk.conv_branch2a = PaddedConv2d.of(blk.conv_branch2a)
+            blk.conv_branch1 = PaddedConv2d.of(blk.conv_branch1)
         self.channels = {"low": 256, "mid": 512, "high": 1024, "out": 4096}
-        self.output_stride = 8
+        self.output_stride = 0
+        self.set_output_stride(8)
 
     def stem_modules(self) -> list[nn.Module]:
         """conv1a and the b2 stage (stride 2): the layers PSA's classifier does not train."""
@@ -326,14 +496,11 @@ class ResNet38(Backbone):
     def set_output_stride(self, os_: int) -> None:
         if os_ not in (8, 16):
             raise ValueError(f"resnet38 supports output_stride 8 or 16, got {os_}")
-        first = self.b5
-        if os_ == 8:
-            first.conv_branch2a.stride, first.conv_branch1.stride = (1, 1), (1, 1)
-            dil5, dil67 = 2, 4
-        else:
-            first.conv_branch2a.stride, first.conv_branch1.stride = (2, 2), (2, 2)
-            dil5, dil67 = 1, 2
-        first.conv_branch2a.dilation = first.conv_branch2a.padding = (1, 1)
+        # b2-b5 are the strided units of a stride-16 resnet38; PSA's stride-8 network is its
+        # conversion (b5 stride 1 with first_dilation 1, the rest of b5 dilated 2, b6-b7 4).
+        units = [[b.conv_branch2a, b.conv_branch1] for b in (self.b2, self.b3, self.b4, self.b5)]
+        convert_strides(units, os_, (0, 0, 0, 0))  # PSA pads symmetrically
+        dil5, dil67 = (2, 4) if os_ == 8 else (1, 2)
         for blk in (self.b5, self.b5_1, self.b5_2):
             blk.conv_branch2b1.dilation = blk.conv_branch2b1.padding = (dil5, dil5)
         for blk in (self.b5_1, self.b5_2):

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import Backbone
+from .backbones import Backbone, resample_grid
 
 NUM_FG = 20
 NUM_CLASSES = 21
@@ -93,12 +93,13 @@ class AffinityNet(FrozenBNMixin, nn.Module):
         """x: (B, 3, H, W), H and W multiples of ``grid_stride`` → (B, 448, H/g, W/g) features."""
         feats = self.backbone(x)
         size = (x.shape[2] // self.grid_stride, x.shape[3] // self.grid_stride)
+        strides = self.backbone.strides
 
-        def at(t):
-            return t if t.shape[2:] == size else F.interpolate(t, size, mode="bilinear", align_corners=False)
+        def at(t, key):
+            return resample_grid(t, strides[key], self.grid_stride, size)
 
-        f = torch.cat([at(F.elu(self.f8(feats["mid"]))), at(F.elu(self.f16(feats["high"]))),
-                       at(F.elu(self.fout(feats["out"])))], 1)
+        f = torch.cat([at(F.elu(self.f8(feats["mid"])), "mid"), at(F.elu(self.f16(feats["high"])), "high"),
+                       at(F.elu(self.fout(feats["out"])), "out")], 1)
         return F.elu(self.f(f))
 
 
@@ -219,20 +220,20 @@ class SegModel(FrozenBNMixin, nn.Module):
         return list(self.heads.parameters()) + list(self.ddnets.parameters())
 
     def forward(self, x: torch.Tensor, heads: tuple[str, ...] | None = None) -> dict:
-        """x: (B, 3, H, W) → dict: ``low`` (e^l), and per head ``logits/<h>`` (B, 21, H/dd, W/dd)
-        at the DD resolution and ``hidden/<h>`` (e^h, at the output stride).
+        """x: (B, 3, H, W) → dict: ``low`` (e^l), and per head ``logits/<h>`` (B, 21, ⌈H/dd⌉, ⌈W/dd⌉)
+        at the DD resolution (cell-aligned, :func:`~ssdd_core.models.backbones.resample_grid`) and ``hidden/<h>`` (e^h, at the output stride).
 
         ``heads`` limits the seg heads that run (inference needs only one; None = all).
 
         Raises:
             KeyError: a name in ``heads`` that the model does not have."""
         feats = self.backbone(x)
-        size = (x.shape[2] // self.dd_stride, x.shape[3] // self.dd_stride)
+        size = (-(-x.shape[2] // self.dd_stride), -(-x.shape[3] // self.dd_stride))  # ceil: covers x
         out = {"low": feats["low"]}
         for name in (self.heads.keys() if heads is None else heads):
             head = self.heads[name]
             logits, hidden = head(feats["out"])
-            out[f"logits/{name}"] = F.interpolate(logits, size, mode="bilinear", align_corners=False)
+            out[f"logits/{name}"] = resample_grid(logits, self.backbone.output_stride, self.dd_stride, size)
             out[f"hidden/{name}"] = hidden
         return out
 
