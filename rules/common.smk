@@ -5,10 +5,16 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from ssdd_core.config import coerce_cli_strings
+from ssdd_core.psa import check_walk_scale
 
 # `--config crf='{"bi_w": 5}'` arrives as strings: convert to the schema's types, then validate.
 coerce_cli_strings(config, workflow.source_path("../config/config.schema.yaml"))
 validate(config, schema="../config/config.schema.yaml")
+# The random walk must run at the scale AffinityNet was trained at (issue 17).
+_walk_problem = config["psa"]["walk_long_side"] is not None and check_walk_scale(
+    config["psa"]["walk_long_side"], config["aff"]["crop"], config["aff"]["scale_range"], " (psa.walk_long_side)")
+if _walk_problem:
+    raise ValueError(f"config: {_walk_problem}")
 
 SHARDS = [f"{i:03d}" for i in range(config["shards"])]
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .crf import CRFParams, dense_crf_resized
-from .data import normalize
+from .data import normalize, resize_image
 from .models.backbones import resample_grid
 
 IGNORE = 255
@@ -205,27 +205,38 @@ def transition_matrix(feat: torch.Tensor, radius: int = 5, beta: float = 8.0) ->
 
 @torch.no_grad()
 def random_walk(aff_model, img: np.ndarray, cam: np.ndarray, bg_pow: float = 16.0, beta: float = 8.0,
-                logt: int = 8, radius: int = 5, device="cpu") -> np.ndarray:
+                logt: int = 8, radius: int = 5, device="cpu", long_side: int | None = None) -> np.ndarray:
     """Propagate CAM scores with AffinityNet's random walk → p^K0 (DESIGN §3.2).
 
-    The image is padded to a multiple of the grid stride s; the CAM with a background
-    channel ``(1 − max CAM)^bg_pow`` is average-pooled by s; ``X ← T X`` is applied 2^logt
-    times; the result is upsampled, the padding cropped, and each pixel normalised to sum 1.
+    The image (and the CAM) are first resized to a long side of ``long_side`` px, the scale
+    AffinityNet was trained at (:func:`walk_scale_range`; PSA walks at the original size,
+    inside its 448–768 px training range); the radius-``radius`` neighbourhood and the
+    2^logt steps then cover the relative extent they were trained for. The image is padded to
+    a multiple of the grid stride s; the CAM with a background channel ``(1 − max CAM)^bg_pow``
+    is average-pooled by s; ``X ← T X`` is applied 2^logt times; the result is upsampled, the
+    padding cropped, resized back to the image and each pixel normalised to sum 1.
 
     Args:
         aff_model: :class:`~ssdd_core.models.nets.AffinityNet` in eval mode.
         img: (H, W, 3) uint8; cam: (C, H, W) float CAM of the present classes.
+        long_side: walk scale in px (None = the image's own size).
     Returns:
         (C + 1, H, W) float32 probabilities, channel 0 = background.
     """
     s = aff_model.grid_stride
+    H, W = img.shape[:2]
+    scores = torch.from_numpy(np.concatenate([background_score(cam, bg_pow)[None], cam], 0))[None]
+    if long_side and long_side != max(H, W):
+        r = long_side / max(H, W)
+        size = (max(s, round(H * r)), max(s, round(W * r)))
+        img = resize_image(img, size)
+        scores = F.interpolate(scores, size, mode="bilinear", align_corners=False)
     h, w = img.shape[:2]
     ph, pw = -(-h // s) * s, -(-w // s) * s
     x = torch.from_numpy(normalize(img))[None]
     x = F.pad(x, (0, pw - w, 0, ph - h)).to(device)
     feat = aff_model(x)
-    scores = np.concatenate([background_score(cam, bg_pow)[None], cam], 0)
-    sc = F.pad(torch.from_numpy(scores)[None], (0, pw - w, 0, ph - h)).to(device)
+    sc = F.pad(scores, (0, pw - w, 0, ph - h)).to(device)
     sc = F.avg_pool2d(sc, s)[0]  # (C+1, gh, gw)
     gh, gw = sc.shape[1:]
     T = transition_matrix(feat, radius, beta)
@@ -233,10 +244,41 @@ def random_walk(aff_model, img: np.ndarray, cam: np.ndarray, bg_pow: float = 16.
     for _ in range(2 ** logt):
         X = T @ X
     out = X.t().reshape(1, -1, gh, gw)
-    out = F.interpolate(out, (ph, pw), mode="bilinear", align_corners=False)[0, :, :h, :w]
-    out = out.clamp(min=0)
+    out = resample_grid(out, s, 1, (h, w))
+    if (h, w) != (H, W):
+        out = F.interpolate(out, (H, W), mode="bilinear", align_corners=False)
+    out = out[0].clamp(min=0)
     out = out / out.sum(0, keepdim=True).clamp(min=1e-8)
     return out.cpu().numpy().astype(np.float32)
+
+
+def walk_scale_range(crop: int, scale_range: Sequence[float]) -> tuple[float, float]:
+    """Long sides (px) of the images AffinityNet trains on: ``crop × scale_range``
+    (:class:`~ssdd_core.datasets.ClsDataset` rescales each image's long side to that, then crops)."""
+    return crop * float(scale_range[0]), crop * float(scale_range[1])
+
+
+WALK_SCALE_TOLERANCE = 1.25
+
+
+def check_walk_scale(long_side: int | None, crop: int, scale_range: Sequence[float], what: str = "") -> str | None:
+    """Whether a random-walk scale is near AffinityNet's training scale (issue 17).
+
+    Args:
+        long_side: the walk's long side in px (``psa.walk_long_side``, or an image's own long
+            side when that is None).
+        crop, scale_range: ``aff.crop`` and ``aff.scale_range``.
+        what: where ``long_side`` comes from, for the message.
+    Returns:
+        None when ``long_side`` lies within the training range widened by
+        :data:`WALK_SCALE_TOLERANCE` (×/÷ 1.25), else a message naming the keys.
+    """
+    lo, hi = walk_scale_range(crop, scale_range)
+    if lo / WALK_SCALE_TOLERANCE <= long_side <= hi * WALK_SCALE_TOLERANCE:
+        return None
+    return (f"the random walk runs at a long side of {long_side} px{what}, but AffinityNet was trained on "
+            f"long sides of {lo:.0f}-{hi:.0f} px (aff.crop x aff.scale_range): set psa.walk_long_side "
+            f"inside that range (or train AffinityNet at the walk's scale)")
 
 
 def full_label_map(argmax_idx: np.ndarray, labels: Sequence[int]) -> np.ndarray:

@@ -201,15 +201,25 @@ def psa(cfg: dict, aff_pt: str, cam_h5: str, out_h5: str, out_dir: str, threads:
     _load_into(model, aff_pt)
     model.to(device).eval()
     ids = read_h5_ids(cam_h5)
+    a = cfg["aff"]
+    walk = p.get("walk_long_side")
+    off_scale = 0
     t0 = time.time()
     with H5Writer(out_h5) as w, atomic_dir(out_dir) as tmpdir:
         for i in _bar(ids, "psa"):
             d = read_h5(cam_h5, i)
             img = voc.load_image(i)
+            if walk is None and psa_mod.check_walk_scale(max(img.shape[:2]), a["crop"], a["scale_range"]):
+                off_scale += 1
             prob = psa_mod.random_walk(model, img, d["cam"], p["bg_pow"], p["beta"], p["logt"],
-                                       cfg["aff"]["radius"], device)
+                                       a["radius"], device, walk)
             w.add(i, prob=prob, labels=d["labels"])
             save_mask(Path(tmpdir) / f"{i}.png", psa_mod.full_label_map(prob.argmax(0), d["labels"]))
+    if off_scale:
+        lo, hi = psa_mod.walk_scale_range(a["crop"], a["scale_range"])
+        log.warning("psa: %d of %d images walked at their own size (psa.walk_long_side: null), more than "
+                    "%.2fx outside AffinityNet's training long sides of %.0f-%.0f px", off_scale, len(ids),
+                    psa_mod.WALK_SCALE_TOLERANCE, lo, hi)
     dt = time.time() - t0
     log.info("psa: %d images in %.1f s (%.2f img/s)", len(ids), dt, len(ids) / max(dt, 1e-9))
     return {"n": len(ids), "seconds": dt}
@@ -238,7 +248,7 @@ def crf(cfg: dict, psa_h5: str, out_h5: str, out_dir: str) -> dict:
 def _seg_model(cfg: dict, heads, ddnets, output_stride: int, pretrained=False):
     s = cfg["seg"]
     return SegModel(_backbone(cfg, output_stride, pretrained=pretrained), heads, ddnets, s["head_hidden"],
-                    s["head_dilation"], s["dd_width"], s["dd_stride"])
+                    s["head_dilation"], s["dd_width"], s["dd_stride"], s["dd_bn"])
 
 
 def _init_from_cls(model: SegModel, cls_pt: str) -> None:
@@ -334,6 +344,16 @@ def train_baseline(cfg, cls_pt, labels_json, split_files, mask_dirs, out, thread
                       files_key([cls_pt, *mask_dirs]))
 
 
+def inloop_crf(cfg: dict, threads: int = 2) -> InLoopCRF:
+    """The dynamic stage's training-time CRF (DESIGN §3.6): ``dynamic.crf_iters`` iterations
+    of the ``crf`` block at the DD resolution, kernel widths × ``dynamic.crf_kernel_scale``
+    (1 = the authors' code; README "Deviations" for the CPU presets' ¼)."""
+    d = cfg["dynamic"]
+    workers = d["crf_workers"] if d["crf_workers"] is not None else max(0, int(threads) if threads > 1 else 0)
+    return InLoopCRF(CRFParams.from_config({**cfg["crf"], "iters": d["crf_iters"]}), workers,
+                     float(d["crf_kernel_scale"]))
+
+
 def train_dynamic(cfg, cls_pt, labels_json, split_files, d0_dirs, out, threads=2) -> dict:
     """Dynamic region refinement (Eq. 11-15) → ``dynamic.pt`` (heads main/sub, DD-Nets d1/d2)."""
     device = _setup(cfg, threads)
@@ -346,9 +366,7 @@ def train_dynamic(cfg, cls_pt, labels_json, split_files, d0_dirs, out, threads=2
     _init_from_cls(model, cls_pt)
     ds = SegDataset(voc, ids, labels, d["crop"], seed=cfg["seed"], masks={"D0": d0},
                     resize_range=tuple(d["resize_range"]), dd_stride=cfg["seg"]["dd_stride"])
-    crf_params = CRFParams.from_config({**cfg["crf"], "iters": d["crf_iters"]})
-    workers = d["crf_workers"] if d["crf_workers"] is not None else max(0, int(threads) if threads > 1 else 0)
-    incrf = InLoopCRF(crf_params, workers, scale=1.0 / cfg["seg"]["dd_stride"])
+    incrf = inloop_crf(cfg, threads)
     try:
         res = _seg_train(cfg, d, model, ds, make_dynamic_step(cfg["seg"]["seg_loss"], incrf, d, d["alpha"],
                                                               d["flag_ratio"], d["warmup_epochs"]), out, threads, device,

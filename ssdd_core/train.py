@@ -263,11 +263,13 @@ class InLoopCRF:
     Args:
         params: CRF settings (iterations come from ``iters``, t = 3 in the paper).
         workers: processes (0 = run in this process).
-        scale: factor on the spatial kernel widths (the DD resolution is 1/``dd_stride`` of
-            the crop; the paper's sxy are for full resolution).
+        scale: factor on the spatial kernel widths. 1 (default) = the authors: the t = 3 CRF
+            runs at the DD resolution with the unscaled widths of the ``crf`` block. (At ¼, as
+            the pipeline had it before issue 17, gauss sxy 3 becomes 0.75 px and the CRF hardly
+            changes a mask, so m^A1 gives little advice.)
     """
 
-    def __init__(self, params: CRFParams, workers: int = 0, scale: float = 0.25):
+    def __init__(self, params: CRFParams, workers: int = 0, scale: float = 1.0):
         self.params, self.scale = params, scale
         self.pool = ProcessPoolExecutor(workers) if workers > 0 else None
         self.seconds = 0.0

@@ -65,6 +65,35 @@ def test_random_walk_rows_sum_to_one_and_probabilities(real):
     p = psa.random_walk(aff, img, cam, logt=3)
     assert p.shape == (len(labels) + 1,) + img.shape[:2]
     assert np.allclose(p.sum(0), 1, atol=1e-4) and p.min() >= 0
+    # at another scale: the walk's grid shrinks (cheaper), the output keeps the image's size
+    q = psa.random_walk(aff, img, cam, logt=3, long_side=96)
+    assert q.shape == p.shape and np.allclose(q.sum(0), 1, atol=1e-4) and q.min() >= 0
+    assert not np.allclose(p, q, atol=1e-3)
+
+
+VOC_LONG_SIDE = 500  # PASCAL VOC images are at most 500 px on their long side
+
+
+@pytest.mark.parametrize("configfile", [None, "config/tiny.yaml", "config/voc2012_mini.yaml", "config/paper.yaml"])
+def test_shipped_configs_walk_at_affinitynets_training_scale(configfile):
+    """Issue 17: the random walk's scale lies in AffinityNet's training range for every shipped
+    config (the old configs walked at the image's own ~500 px after training at 192-288 px),
+    and a scale far from it is refused with a message naming the keys."""
+    import yaml
+    from snakemake.utils import update_config
+
+    from conftest import REPO
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    if configfile:
+        update_config(cfg, yaml.safe_load((REPO / configfile).read_text()))
+    a = cfg["aff"]
+    walk = cfg["psa"]["walk_long_side"] or VOC_LONG_SIDE
+    lo, hi = psa.walk_scale_range(a["crop"], a["scale_range"])
+    assert lo <= walk <= hi, f"{configfile}: walk at {walk} px, AffinityNet trained at {lo:.0f}-{hi:.0f} px"
+    assert psa.check_walk_scale(walk, a["crop"], a["scale_range"]) is None
+    msg = psa.check_walk_scale(int(hi * 2), a["crop"], a["scale_range"], " (psa.walk_long_side)")
+    assert "psa.walk_long_side" in msg and "aff.crop x aff.scale_range" in msg
 
 
 def test_crf_valid_and_changes_input(real):

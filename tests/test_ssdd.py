@@ -109,3 +109,24 @@ def test_integration_stats_counts_choices_against_gt():
     md = np.array([[0, 0, 8, 0, 0]], dtype=np.uint8)   # took m^A at 1 (right), m^K at 3 (wrong)
     # scored 4 (void left out); differing 2; D took A 1; K right 0; A right 2; D right 1; oracle 2
     assert integration_stats(mk, ma, md, gt).tolist() == [4, 2, 1, 0, 2, 1, 2]
+
+
+def test_ddnet_bn_modes():
+    """seg.dd_bn: ``frozen`` (the authors') keeps the DD-Net's BNs in eval mode in training, so
+    a pixel's logit does not depend on the rest of the batch; ``batch`` normalises with the
+    batch statistics, so it does."""
+    from ssdd_core.models.nets import DDNet, freeze_bn
+
+    torch.manual_seed(0)
+    e_h, e_l = torch.randn(2, 32, 6, 6), torch.randn(2, 24, 12, 12)
+    mask = torch.randint(0, 21, (2, 12, 12))
+    for mode, depends in (("frozen", False), ("batch", True)):
+        net = DDNet(32, 24, width=16, bn_mode=mode).train()
+        freeze_bn(net)
+        assert all(m.training == depends for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        with torch.no_grad():
+            both = net(e_h, e_l, mask)[0]
+            alone = net(e_h[:1], e_l[:1], mask[:1])[0]
+        assert torch.allclose(both, alone, atol=1e-5) != depends, mode
+    with pytest.raises(ValueError, match="bn_mode"):
+        DDNet(32, 24, bn_mode="sync")

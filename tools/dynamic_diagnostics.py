@@ -30,12 +30,11 @@ from snakemake.utils import update_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ssdd_core import stages  # noqa: E402
-from ssdd_core.crf import CRFParams  # noqa: E402
 from ssdd_core.data import VOCRoot  # noqa: E402
 from ssdd_core.datasets import SegDataset  # noqa: E402
 from ssdd_core.io import read_json  # noqa: E402
 from ssdd_core.metrics import ConfusionMatrix, roc_auc  # noqa: E402
-from ssdd_core.train import InLoopCRF, dynamic_masks  # noqa: E402
+from ssdd_core.train import dynamic_masks  # noqa: E402
 
 MASKS = ("D0", "K1", "A1", "D1", "sub", "D2")
 DD = (("d1(K1)", "K1"), ("d1(A1)", "A1"), ("d2(D0)", "D0"), ("d2(D1)", "D1"))
@@ -70,8 +69,7 @@ def main():
     model.eval()
     ds = SegDataset(voc, ids, labels, d["crop"], seed=cfg["seed"], masks={"D0": d0, "GT": gt},
                     resize_range=tuple(d["resize_range"]), dd_stride=cfg["seg"]["dd_stride"])
-    crf = InLoopCRF(CRFParams.from_config({**cfg["crf"], "iters": d["crf_iters"]}), 0,
-                    scale=1.0 / cfg["seg"]["dd_stride"])
+    crf = stages.inloop_crf({**cfg, "dynamic": {**d, "crf_workers": 0}})  # the training stage's CRF
     biases = [(d["b_dd"], d["b_class"], d["b_bg"])] + [tuple(float(x) for x in b.split(",")) for b in a.bias]
     cms = {b: {m: ConfusionMatrix() for m in MASKS} for b in biases}
     dd = {k: ([], []) for k, _ in DD}

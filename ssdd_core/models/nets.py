@@ -134,21 +134,27 @@ class DDNet(FrozenBNMixin, nn.Module):
     ReLU. Concatenated (2·width) → residual bottleneck (1×1 → 3×3 → 1×1, with a 1×1 projection
     shortcut, BN after each conv, as the authors' ``PredictDiff``) → 1×1 conv → 1 logit.
 
-    Its BatchNorms normalise with batch statistics in training (running statistics in eval);
-    their affine parameters stay fixed, as in the authors' code, where the DD modules run in
-    train mode. (The rest of the model keeps frozen BN, DESIGN §3.7.) With frozen BN from
-    initialisation these layers would be identities and the one-hot branch would enter the
-    bottleneck ~6× weaker than the image branch (measured std 0.17 vs 0.99 on voc2012_mini),
-    so σ(d(m^K)) ≈ σ(d(m^A)) and Eq. 3 would be decided by the bias b_dd alone.
+    ``bn_mode``: ``batch`` (default) = its BatchNorms normalise with batch statistics in
+    training (running statistics in eval); ``frozen`` = eval mode throughout, as in the
+    authors' code (their base model's ``train()`` puts every BN in eval mode, so the DD-Net's
+    BNs are fixed affine maps: identities from initialisation). Affine parameters never train
+    (the rest of the model keeps frozen BN, DESIGN §3.7). Frozen, the one-hot branch entered the
+    bottleneck ~6× weaker than the image branch (std 0.17 vs 0.99 on voc2012_mini, before
+    issue 17); README "Deviations" has the measured choice.
 
     Args:
         high_ch: channels of e^h (the seg head's hidden layer).
         low_ch: channels of e^l (the backbone's stride-4 features).
         width: channels of each branch (256 in the authors' code).
+        bn_mode: ``batch`` or ``frozen`` (above).
+    Raises:
+        ValueError: another ``bn_mode``.
     """
 
-    def __init__(self, high_ch: int, low_ch: int, width: int = 256):
+    def __init__(self, high_ch: int, low_ch: int, width: int = 256, bn_mode: str = "batch"):
         super().__init__()
+        if bn_mode not in ("batch", "frozen"):
+            raise ValueError(f"DDNet bn_mode must be 'batch' or 'frozen', got {bn_mode!r}")
         bn = nn.BatchNorm2d
         self.feat = nn.Sequential(nn.Conv2d(high_ch + low_ch, width, 3, padding=1, bias=False), bn(width),
                                   nn.ReLU(inplace=True))
@@ -161,7 +167,7 @@ class DDNet(FrozenBNMixin, nn.Module):
         self.out = nn.Conv2d(width, 1, 1)
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.batch_stats = True
+                m.batch_stats = bn_mode == "batch"
 
     def features(self, e_high: torch.Tensor, e_low: torch.Tensor, size) -> torch.Tensor:
         """Image branch: e^h and e^l (both detached) resized to ``size`` → (B, width, H, W).
@@ -206,15 +212,16 @@ class SegModel(FrozenBNMixin, nn.Module):
         ddnets: names of DD-Nets.
         hidden, dilation: seg-head settings; dd_width: DD-Net width.
         dd_stride: the DD resolution is input/``dd_stride`` (4 in the paper: 112 for 448).
+        dd_bn: the DD-Nets' batch-norm mode (:class:`DDNet`).
     """
 
     def __init__(self, backbone: Backbone, heads=("base",), ddnets=(), hidden=512, dilation=12,
-                 dd_width=256, dd_stride=4):
+                 dd_width=256, dd_stride=4, dd_bn="batch"):
         super().__init__()
         self.backbone = backbone
         self.dd_stride = dd_stride
         self.heads = nn.ModuleDict({h: SegHead(backbone.channels["out"], hidden, dilation) for h in heads})
-        self.ddnets = nn.ModuleDict({d: DDNet(hidden, backbone.channels["low"], dd_width) for d in ddnets})
+        self.ddnets = nn.ModuleDict({d: DDNet(hidden, backbone.channels["low"], dd_width, dd_bn) for d in ddnets})
 
     def new_parameters(self):
         return list(self.heads.parameters()) + list(self.ddnets.parameters())

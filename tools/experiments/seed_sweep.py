@@ -1,0 +1,135 @@
+"""Choose seed settings on a train_aug slice with train GT (issue 17; never on val).
+
+Reuses a run's trained classifier / AffinityNet and scores, on every ``--every``-th training
+id (from ``--offset``), the CAM (argmax against a background threshold) and m^K0 (the random
+walk's argmax) over a grid of settings, with the pipeline's own functions:
+
+    # CAM: long side before scaling, scales, inference output stride, background threshold
+    python tools/experiments/seed_sweep.py cam results --configfile config/voc2012_mini.yaml \
+        --base-size 256 320 --scales 1.0,0.5,1.5 1.0,0.5,1.5,2.0 --output-stride 16 8 \
+        --bg-threshold 0.15 0.2 0.25 0.3
+    # random walk: AffinityNet's output stride, walk scale, steps, background exponent (CAMs
+    # from the config's cam block)
+    python tools/experiments/seed_sweep.py walk results --configfile config/voc2012_mini.yaml \
+        --walk-long-side 224 256 288 --logt 3 4 5 6 --bg-pow 2 3 4 6
+
+Writes ``<results>/experiments/seed_sweep_<mode>.json`` (per setting: mIoU, per-class IoU,
+seconds) and prints a table, best first. mIoU is over the classes present in the slice's GT.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from snakemake.utils import update_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from ssdd_core import psa, stages  # noqa: E402
+from ssdd_core.data import VOCRoot  # noqa: E402
+from ssdd_core.io import read_json  # noqa: E402
+from ssdd_core.metrics import ConfusionMatrix  # noqa: E402
+from ssdd_core.models.nets import AffinityNet  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def load_config(files):
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    for f in files:
+        update_config(cfg, yaml.safe_load(Path(f).read_text()))
+    return cfg
+
+
+def cam_label_map(cam, labels, thr):
+    sc = np.concatenate([np.full((1,) + cam.shape[1:], thr, np.float32), cam], 0)
+    return psa.full_label_map(sc.argmax(0), labels)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("mode", choices=["cam", "walk"])
+    ap.add_argument("results", type=Path, help="a run's results/ folder (models/cls.pt, models/aff.pt, labels/)")
+    ap.add_argument("--configfile", nargs="*", default=[], help="configs merged over config.yaml, in order")
+    ap.add_argument("--every", type=int, default=8)
+    ap.add_argument("--offset", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--base-size", type=int, nargs="*")
+    ap.add_argument("--scales", nargs="*", help="comma-separated scale lists")
+    ap.add_argument("--output-stride", type=int, nargs="*")
+    ap.add_argument("--bg-threshold", type=float, nargs="*")
+    ap.add_argument("--walk-long-side", type=int, nargs="*")
+    ap.add_argument("--logt", type=int, nargs="*")
+    ap.add_argument("--bg-pow", type=float, nargs="*")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    cfg = load_config(a.configfile)
+    c, p = cfg["cam"], cfg["psa"]
+    voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
+    labels = read_json(a.results / "labels" / "train.json")["labels"]
+    ids = [i for i in sorted(labels)[a.offset::a.every] if voc.mask_path(i).exists()]
+    print(f"{len(ids)} training ids (every {a.every}th from {a.offset}), train GT", flush=True)
+    device = torch.device("cpu")
+    imgs = {i: voc.load_image(i) for i in ids}
+    gts = {i: voc.load_mask(i) for i in ids}
+    rows = []
+
+    def score(maps):
+        cm = ConfusionMatrix()
+        for i in ids:
+            cm.update(maps[i], gts[i])
+        return cm.compute()
+
+    if a.mode == "cam":
+        grid = list(itertools.product(a.base_size or [c["base_size"]],
+                                      [tuple(float(x) for x in s.split(",")) for s in (a.scales or [])]
+                                      or [tuple(c["scales"])], a.output_stride or [c["output_stride"]]))
+        for base, scales, os_ in grid:
+            model = stages.load_classifier(cfg, str(a.results / "models" / "cls.pt"), os_, device)
+            t0 = time.time()
+            cams = {i: psa.compute_cam(model, imgs[i], labels[i], scales, c["flip"], device, base) for i in ids}
+            dt = time.time() - t0
+            for thr in a.bg_threshold or [c["bg_threshold"]]:
+                r = score({i: cam_label_map(cams[i], labels[i], thr) for i in ids})
+                rows.append({"base_size": base, "scales": list(scales), "output_stride": os_, "bg_threshold": thr,
+                             "miou": r["miou"], "iou": r["iou"], "seconds_per_image": dt / len(ids)})
+                print(json.dumps({k: v for k, v in rows[-1].items() if k != "iou"}), flush=True)
+    else:
+        cls = stages.load_classifier(cfg, str(a.results / "models" / "cls.pt"), c["output_stride"], device)
+        cams = {i: psa.compute_cam(cls, imgs[i], labels[i], tuple(c["scales"]), c["flip"], device, c["base_size"])
+                for i in ids}
+        affs = {}
+        for os_ in a.output_stride or [p["output_stride"]]:
+            affs[os_] = AffinityNet(stages._backbone(cfg, os_, pretrained=False), cfg["aff"]["grid_stride"])
+            stages._load_into(affs[os_], str(a.results / "models" / "aff.pt"))
+            affs[os_].eval()
+        for os_, side, logt, bg_pow in itertools.product(affs, a.walk_long_side or [p["walk_long_side"]],
+                                                         a.logt or [p["logt"]], a.bg_pow or [p["bg_pow"]]):
+            aff = affs[os_]
+            t0 = time.time()
+            maps = {i: psa.full_label_map(psa.random_walk(aff, imgs[i], cams[i], bg_pow, p["beta"], logt,
+                                                          cfg["aff"]["radius"], device, side).argmax(0), labels[i])
+                    for i in ids}
+            dt = time.time() - t0
+            r = score(maps)
+            rows.append({"output_stride": os_, "walk_long_side": side, "logt": logt, "bg_pow": bg_pow,
+                         "miou": r["miou"], "iou": r["iou"],
+                         "seconds_per_image": dt / len(ids)})
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "iou"}), flush=True)
+    out = a.results / "experiments" / f"seed_sweep_{a.mode}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"ids": len(ids), "every": a.every, "offset": a.offset, "configfile": a.configfile,
+                               "rows": rows}, indent=1))
+    print(f"\nbest first ({out}):")
+    for r in sorted(rows, key=lambda r: -r["miou"]):
+        print({k: v for k, v in r.items() if k != "iou"})
+
+
+if __name__ == "__main__":
+    main()
