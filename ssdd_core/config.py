@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
@@ -58,3 +59,32 @@ def coerce_cli_strings(config, schema: dict | str | Path):
         return node if "string" in tl else _coerce(node, types)
 
     return walk(config, schema)
+
+
+def walk_scale_range(crop: int, scale_range: Sequence[float]) -> tuple[float, float]:
+    """Long sides (px) of the images AffinityNet trains on: ``crop × scale_range``
+    (:class:`~ssdd_core.datasets.ClsDataset` rescales each image's long side to that, then crops)."""
+    return crop * float(scale_range[0]), crop * float(scale_range[1])
+
+
+WALK_SCALE_TOLERANCE = 1.25
+
+
+def check_walk_scale(long_side: int | None, crop: int, scale_range: Sequence[float], what: str = "") -> str | None:
+    """Whether a random-walk scale is near AffinityNet's training scale (issue 17).
+
+    Args:
+        long_side: the walk's long side in px (``psa.walk_long_side``, or an image's own long
+            side when that is None).
+        crop, scale_range: ``aff.crop`` and ``aff.scale_range``.
+        what: where ``long_side`` comes from, for the message.
+    Returns:
+        None when ``long_side`` lies within the training range widened by
+        :data:`WALK_SCALE_TOLERANCE` (×/÷ 1.25), else a message naming the keys.
+    """
+    lo, hi = walk_scale_range(crop, scale_range)
+    if lo / WALK_SCALE_TOLERANCE <= long_side <= hi * WALK_SCALE_TOLERANCE:
+        return None
+    return (f"the random walk runs at a long side of {long_side} px{what}, but AffinityNet was trained on "
+            f"long sides of {lo:.0f}-{hi:.0f} px (aff.crop x aff.scale_range): set psa.walk_long_side "
+            f"inside that range (or train AffinityNet at the walk's scale)")

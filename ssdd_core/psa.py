@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import WALK_SCALE_TOLERANCE, check_walk_scale, walk_scale_range  # noqa: F401 (re-exported)
 from .crf import CRFParams, dense_crf_resized
 from .data import normalize, resize_image
 from .models.backbones import resample_grid
@@ -250,35 +251,6 @@ def random_walk(aff_model, img: np.ndarray, cam: np.ndarray, bg_pow: float = 16.
     out = out[0].clamp(min=0)
     out = out / out.sum(0, keepdim=True).clamp(min=1e-8)
     return out.cpu().numpy().astype(np.float32)
-
-
-def walk_scale_range(crop: int, scale_range: Sequence[float]) -> tuple[float, float]:
-    """Long sides (px) of the images AffinityNet trains on: ``crop × scale_range``
-    (:class:`~ssdd_core.datasets.ClsDataset` rescales each image's long side to that, then crops)."""
-    return crop * float(scale_range[0]), crop * float(scale_range[1])
-
-
-WALK_SCALE_TOLERANCE = 1.25
-
-
-def check_walk_scale(long_side: int | None, crop: int, scale_range: Sequence[float], what: str = "") -> str | None:
-    """Whether a random-walk scale is near AffinityNet's training scale (issue 17).
-
-    Args:
-        long_side: the walk's long side in px (``psa.walk_long_side``, or an image's own long
-            side when that is None).
-        crop, scale_range: ``aff.crop`` and ``aff.scale_range``.
-        what: where ``long_side`` comes from, for the message.
-    Returns:
-        None when ``long_side`` lies within the training range widened by
-        :data:`WALK_SCALE_TOLERANCE` (×/÷ 1.25), else a message naming the keys.
-    """
-    lo, hi = walk_scale_range(crop, scale_range)
-    if lo / WALK_SCALE_TOLERANCE <= long_side <= hi * WALK_SCALE_TOLERANCE:
-        return None
-    return (f"the random walk runs at a long side of {long_side} px{what}, but AffinityNet was trained on "
-            f"long sides of {lo:.0f}-{hi:.0f} px (aff.crop x aff.scale_range): set psa.walk_long_side "
-            f"inside that range (or train AffinityNet at the walk's scale)")
 
 
 def full_label_map(argmax_idx: np.ndarray, labels: Sequence[int]) -> np.ndarray:
