@@ -70,7 +70,7 @@ def walk_scale_range(crop: int, scale_range: Sequence[float]) -> tuple[float, fl
 WALK_SCALE_TOLERANCE = 1.25
 
 
-def check_walk_scale(long_side: int | None, crop: int, scale_range: Sequence[float], what: str = "") -> str | None:
+def check_walk_scale(long_side: int, crop: int, scale_range: Sequence[float], what: str = "") -> str | None:
     """Whether a random-walk scale is near AffinityNet's training scale (issue 17).
 
     Args:

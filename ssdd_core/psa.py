@@ -9,7 +9,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import WALK_SCALE_TOLERANCE, check_walk_scale, walk_scale_range  # noqa: F401 (re-exported)
 from .crf import CRFParams, dense_crf_resized
 from .data import normalize, resize_image
 from .models.backbones import resample_grid
@@ -210,8 +209,8 @@ def random_walk(aff_model, img: np.ndarray, cam: np.ndarray, bg_pow: float = 16.
     """Propagate CAM scores with AffinityNet's random walk → p^K0 (DESIGN §3.2).
 
     The image (and the CAM) are first resized to a long side of ``long_side`` px, the scale
-    AffinityNet was trained at (:func:`walk_scale_range`; PSA walks at the original size,
-    inside its 448–768 px training range); the radius-``radius`` neighbourhood and the
+    AffinityNet was trained at (:func:`~ssdd_core.config.walk_scale_range`; PSA walks at the
+    original size, inside its 448–768 px training range); the radius-``radius`` neighbourhood and the
     2^logt steps then cover the relative extent they were trained for. The image is padded to
     a multiple of the grid stride s; the CAM with a background channel ``(1 − max CAM)^bg_pow``
     is average-pooled by s; ``X ← T X`` is applied 2^logt times; the result is upsampled, the

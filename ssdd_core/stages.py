@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from . import infer as infer_mod
 from . import psa as psa_mod
+from .config import WALK_SCALE_TOLERANCE, check_walk_scale, walk_scale_range
 from .crf import CRFParams, dense_crf
 from .data import VOCRoot, image_label_table
 from .datasets import AffDataset, ClsDataset, SegDataset
@@ -209,17 +210,17 @@ def psa(cfg: dict, aff_pt: str, cam_h5: str, out_h5: str, out_dir: str, threads:
         for i in _bar(ids, "psa"):
             d = read_h5(cam_h5, i)
             img = voc.load_image(i)
-            if walk is None and psa_mod.check_walk_scale(max(img.shape[:2]), a["crop"], a["scale_range"]):
+            if walk is None and check_walk_scale(max(img.shape[:2]), a["crop"], a["scale_range"]):
                 off_scale += 1
             prob = psa_mod.random_walk(model, img, d["cam"], p["bg_pow"], p["beta"], p["logt"],
                                        a["radius"], device, walk)
             w.add(i, prob=prob, labels=d["labels"])
             save_mask(Path(tmpdir) / f"{i}.png", psa_mod.full_label_map(prob.argmax(0), d["labels"]))
     if off_scale:
-        lo, hi = psa_mod.walk_scale_range(a["crop"], a["scale_range"])
+        lo, hi = walk_scale_range(a["crop"], a["scale_range"])
         log.warning("psa: %d of %d images walked at their own size (psa.walk_long_side: null), more than "
                     "%.2fx outside AffinityNet's training long sides of %.0f-%.0f px", off_scale, len(ids),
-                    psa_mod.WALK_SCALE_TOLERANCE, lo, hi)
+                    WALK_SCALE_TOLERANCE, lo, hi)
     dt = time.time() - t0
     log.info("psa: %d images in %.1f s (%.2f img/s)", len(ids), dt, len(ids) / max(dt, 1e-9))
     return {"n": len(ids), "seconds": dt}
@@ -347,7 +348,8 @@ def train_baseline(cfg, cls_pt, labels_json, split_files, mask_dirs, out, thread
 def inloop_crf(cfg: dict, threads: int = 2) -> InLoopCRF:
     """The dynamic stage's training-time CRF (DESIGN §3.6): ``dynamic.crf_iters`` iterations
     of the ``crf`` block at the DD resolution, kernel widths × ``dynamic.crf_kernel_scale``
-    (1 = the authors' code; README "Deviations" for the CPU presets' ¼)."""
+    (1 in every shipped config, the authors' code; README "Deviations" has a proxy measurement
+    of ¼, the value the code used to hard-wire)."""
     d = cfg["dynamic"]
     workers = d["crf_workers"] if d["crf_workers"] is not None else max(0, int(threads) if threads > 1 else 0)
     return InLoopCRF(CRFParams.from_config({**cfg["crf"], "iters": d["crf_iters"]}), workers,

@@ -83,16 +83,17 @@ def test_shipped_configs_walk_at_affinitynets_training_scale(configfile):
     from snakemake.utils import update_config
 
     from conftest import REPO
+    from ssdd_core.config import check_walk_scale, walk_scale_range
 
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     if configfile:
         update_config(cfg, yaml.safe_load((REPO / configfile).read_text()))
     a = cfg["aff"]
     walk = cfg["psa"]["walk_long_side"] or VOC_LONG_SIDE
-    lo, hi = psa.walk_scale_range(a["crop"], a["scale_range"])
+    lo, hi = walk_scale_range(a["crop"], a["scale_range"])
     assert lo <= walk <= hi, f"{configfile}: walk at {walk} px, AffinityNet trained at {lo:.0f}-{hi:.0f} px"
-    assert psa.check_walk_scale(walk, a["crop"], a["scale_range"]) is None
-    msg = psa.check_walk_scale(int(hi * 2), a["crop"], a["scale_range"], " (psa.walk_long_side)")
+    assert check_walk_scale(walk, a["crop"], a["scale_range"]) is None
+    msg = check_walk_scale(int(hi * 2), a["crop"], a["scale_range"], " (psa.walk_long_side)")
     assert "psa.walk_long_side" in msg and "aff.crop x aff.scale_range" in msg
 
 

@@ -227,8 +227,10 @@ class SegModel(FrozenBNMixin, nn.Module):
         return list(self.heads.parameters()) + list(self.ddnets.parameters())
 
     def forward(self, x: torch.Tensor, heads: tuple[str, ...] | None = None) -> dict:
-        """x: (B, 3, H, W) → dict: ``low`` (e^l), and per head ``logits/<h>`` (B, 21, ⌈H/dd⌉, ⌈W/dd⌉)
-        at the DD resolution (cell-aligned, :func:`~ssdd_core.models.backbones.resample_grid`) and ``hidden/<h>`` (e^h, at the output stride).
+        """x: (B, 3, H, W) → dict: ``low`` (e^l), and per head ``logits/<h>``
+        (B, 21, ⌈H/dd⌉, ⌈W/dd⌉) at the DD resolution (cell-aligned,
+        :func:`~ssdd_core.models.backbones.resample_grid`) and ``hidden/<h>`` (e^h, at the
+        output stride).
 
         ``heads`` limits the seg heads that run (inference needs only one; None = all).
 
