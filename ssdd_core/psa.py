@@ -252,6 +252,19 @@ def random_walk(aff_model, img: np.ndarray, cam: np.ndarray, bg_pow: float = 16.
     return out.cpu().numpy().astype(np.float32)
 
 
+def cam_label_map(cam: np.ndarray, labels: Sequence[int], bg_threshold: float) -> np.ndarray:
+    """The CAM's own segmentation (the CAM row of seed scores): argmax over a constant
+    background score ``bg_threshold`` and the CAM of each present class.
+
+    Args:
+        cam: (C, H, W) float CAM in [0, 1]; labels: the C present classes (1..20).
+    Returns:
+        (H, W) uint8 VOC class ids.
+    """
+    sc = np.concatenate([np.full((1,) + cam.shape[1:], bg_threshold, np.float32), cam], 0)
+    return full_label_map(sc.argmax(0), labels)
+
+
 def full_label_map(argmax_idx: np.ndarray, labels: Sequence[int]) -> np.ndarray:
     """Map present-label indices (0 = bg, k = labels[k−1]) to VOC class ids, uint8 (H, W)."""
     lut = np.array([0] + [int(c) for c in labels], dtype=np.uint8)

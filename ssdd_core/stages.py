@@ -499,8 +499,7 @@ def score_seeds(cfg: dict, split_files, mask_sets: dict, cam_h5s, out_json: str)
             counts += integration_stats(loaded["K0"], loaded["A0"], loaded["D0"], gt)
         if i in cam_shard:
             d = read_h5(cam_shard[i], i)
-            sc = np.concatenate([np.full((1,) + d["cam"].shape[1:], thr, np.float32), d["cam"]], 0)
-            cms["CAM"].update(psa_mod.full_label_map(sc.argmax(0), d["labels"]), gt)
+            cms["CAM"].update(psa_mod.cam_label_map(d["cam"], d["labels"], thr), gt)
     out = {name: cm.compute() for name, cm in cms.items() if name != "CAM"}
     out["CAM"] = cms["CAM"].compute()
     out["CAM"]["bg_threshold"] = thr

@@ -25,10 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
-from snakemake.utils import update_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from config_files import merged_config  # noqa: E402
 from ssdd_core import stages  # noqa: E402
 from ssdd_core.data import VOCRoot  # noqa: E402
 from ssdd_core.datasets import SegDataset  # noqa: E402
@@ -49,10 +48,7 @@ def main():
     ap.add_argument("--bias", action="append", default=[], help="extra b_dd,b_class,b_bg to compare")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
-    root = Path(__file__).resolve().parents[1]
-    cfg = yaml.safe_load(open(root / "config.yaml"))
-    for f in a.configfile:
-        update_config(cfg, yaml.safe_load(open(f)))
+    cfg = merged_config(a.configfile)
     torch.set_num_threads(a.threads)
     res = Path(a.results)
     d = cfg["dynamic"]

@@ -486,7 +486,6 @@ class ResNet38(Backbone):
             blk.conv_branch2a = PaddedConv2d.of(blk.conv_branch2a)
             blk.conv_branch1 = PaddedConv2d.of(blk.conv_branch1)
         self.channels = {"low": 256, "mid": 512, "high": 1024, "out": 4096}
-        self.output_stride = 0
         self.set_output_stride(8)
 
     def stem_modules(self) -> list[nn.Module]:
@@ -499,8 +498,8 @@ class ResNet38(Backbone):
         # b2-b5 are the strided units of a stride-16 resnet38; PSA's stride-8 network is its
         # conversion (b5 stride 1 with first_dilation 1, the rest of b5 dilated 2, b6-b7 4).
         units = [[b.conv_branch2a, b.conv_branch1] for b in (self.b2, self.b3, self.b4, self.b5)]
-        convert_strides(units, os_, (0, 0, 0, 0))  # PSA pads symmetrically
-        dil5, dil67 = (2, 4) if os_ == 8 else (1, 2)
+        dil5 = convert_strides(units, os_, (0, 0, 0, 0))[-1]  # PSA pads symmetrically
+        dil67 = 2 * dil5  # b6-b7 dilate once more than b5 (PSA's resnet38d: 2 / 4 at stride 8)
         for blk in (self.b5, self.b5_1, self.b5_2):
             blk.conv_branch2b1.dilation = blk.conv_branch2b1.padding = (dil5, dil5)
         for blk in (self.b5_1, self.b5_2):

@@ -25,31 +25,16 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-import yaml
-from snakemake.utils import update_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from config_files import merged_config  # noqa: E402
 from ssdd_core import psa, stages  # noqa: E402
 from ssdd_core.data import VOCRoot  # noqa: E402
 from ssdd_core.io import read_json  # noqa: E402
 from ssdd_core.metrics import ConfusionMatrix  # noqa: E402
 from ssdd_core.models.nets import AffinityNet  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def load_config(files):
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    for f in files:
-        update_config(cfg, yaml.safe_load(Path(f).read_text()))
-    return cfg
-
-
-def cam_label_map(cam, labels, thr):
-    sc = np.concatenate([np.full((1,) + cam.shape[1:], thr, np.float32), cam], 0)
-    return psa.full_label_map(sc.argmax(0), labels)
 
 
 def main():
@@ -69,7 +54,7 @@ def main():
     ap.add_argument("--bg-pow", type=float, nargs="*")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    cfg = load_config(a.configfile)
+    cfg = merged_config(a.configfile)
     c, p = cfg["cam"], cfg["psa"]
     voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
     labels = read_json(a.results / "labels" / "train.json")["labels"]
@@ -96,7 +81,7 @@ def main():
             cams = {i: psa.compute_cam(model, imgs[i], labels[i], scales, c["flip"], device, base) for i in ids}
             dt = time.time() - t0
             for thr in a.bg_threshold or [c["bg_threshold"]]:
-                r = score({i: cam_label_map(cams[i], labels[i], thr) for i in ids})
+                r = score({i: psa.cam_label_map(cams[i], labels[i], thr) for i in ids})
                 rows.append({"base_size": base, "scales": list(scales), "output_stride": os_, "bg_threshold": thr,
                              "miou": r["miou"], "iou": r["iou"], "seconds_per_image": dt / len(ids)})
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "iou"}), flush=True)

@@ -1,0 +1,16 @@
+"""The workflow's config as ``snakemake --configfile`` builds it, for the tools in this folder."""
+from pathlib import Path
+
+import yaml
+from snakemake.utils import update_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def merged_config(configfiles=()) -> dict:
+    """The repository's ``config.yaml`` with each of ``configfiles`` merged over it in order
+    (nested blocks key by key, as ``snakemake --configfile`` does)."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    for f in configfiles:
+        update_config(cfg, yaml.safe_load(Path(f).read_text()))
+    return cfg
