@@ -23,21 +23,15 @@ from ssdd_core.io import load_mask_png, read_h5, read_h5_ids  # noqa: E402
 from ssdd_core.metrics import roc_auc  # noqa: E402
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("results")
-    ap.add_argument("root")
-    ap.add_argument("gt_dir", nargs="?", default="SegmentationClassAug")
-    ap.add_argument("--every", type=int, default=1, help="use every N-th id")
-    ap.add_argument("--pixels", type=int, default=4000, help="pixels sampled per image")
-    a = ap.parse_args()
-    res = Path(a.results)
-    voc = VOCRoot(a.root, a.gt_dir)
+def dd_auc(results, root, gt_dir="SegmentationClassAug", every=1, pixels=4000) -> dict:
+    """The AUCs and σ(d) statistics above for one run's ``results`` folder (dd0/, masks/K0, masks/A0)."""
+    res = Path(results)
+    voc = VOCRoot(root, gt_dir)
     rng = np.random.default_rng(0)
     cols = {k: [] for k in ("sk", "sa", "k_wrong", "a_wrong", "diff")}
     for h5 in sorted((res / "dd0").glob("*.h5")):
         shard = h5.stem
-        for i in read_h5_ids(h5)[:: a.every]:
+        for i in read_h5_ids(h5)[::every]:
             if not voc.mask_path(i).exists():
                 continue
             d = read_h5(h5, i)
@@ -45,7 +39,7 @@ def main():
             mk = load_mask_png(res / "masks" / "K0" / shard / f"{i}.png")
             ma = load_mask_png(res / "masks" / "A0" / shard / f"{i}.png")
             ok = np.flatnonzero((gt != 255).ravel())
-            pick = rng.choice(ok, min(a.pixels, ok.size), replace=False)
+            pick = rng.choice(ok, min(pixels, ok.size), replace=False)
             sig = lambda x: 1.0 / (1.0 + np.exp(-x.astype(np.float64).ravel()[pick]))
             g, k, m = gt.ravel()[pick], mk.ravel()[pick], ma.ravel()[pick]
             cols["sk"].append(sig(d["d_k"]))
@@ -53,9 +47,11 @@ def main():
             cols["k_wrong"].append(k != g)
             cols["a_wrong"].append(m != g)
             cols["diff"].append(k != m)
+    if not cols["sk"]:
+        raise FileNotFoundError(f"{res}: no dd0/*.h5 with ids that have GT under {root}/{gt_dir}")
     c = {k: np.concatenate(v) for k, v in cols.items()}
     dm = c["diff"]
-    out = {
+    return {
         "pixels": int(len(dm)), "frac_K_ne_A": float(dm.mean()),
         "auc_dK_for_K_wrong": roc_auc(c["sk"], c["k_wrong"]),
         "auc_dA_for_A_wrong": roc_auc(c["sa"], c["a_wrong"]),
@@ -66,7 +62,17 @@ def main():
         "sigmoid_dA": {"mean": float(c["sa"].mean()), "std": float(c["sa"].std())},
         "where_K_ne_A": {"K_wrong": float(c["k_wrong"][dm].mean()), "A_wrong": float(c["a_wrong"][dm].mean())},
     }
-    json.dump(out, sys.stdout, indent=2)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results")
+    ap.add_argument("root")
+    ap.add_argument("gt_dir", nargs="?", default="SegmentationClassAug")
+    ap.add_argument("--every", type=int, default=1, help="use every N-th id")
+    ap.add_argument("--pixels", type=int, default=4000, help="pixels sampled per image")
+    a = ap.parse_args()
+    json.dump(dd_auc(a.results, a.root, a.gt_dir, a.every, a.pixels), sys.stdout, indent=2)
     print()
 
 
