@@ -37,10 +37,38 @@ def shards(pattern, **kw):
     return expand(pattern, shard=SHARDS, **kw)
 
 
+# Seg-training runs: run 0 has no suffix, run r > 0 the suffix "-r<r>" (config `repeats`).
+REP = r"(?:-r[1-9]\d*)?"
+REPS = [""] + [f"-r{r}" for r in range(1, config["repeats"])]
+
+
+def rep_index(rep: str) -> int:
+    """0 for "", r for "-r<r>"."""
+    return int(rep[2:]) if rep else 0
+
+
+def with_rep_seed(cfg: dict, rep: str) -> dict:
+    """A rule's config blocks with the run's seed (config seed + run index)."""
+    return {**cfg, "seed": config["seed"] + rep_index(rep)}
+
+
+# The seg models inferred and scored: the SSDD dynamic model, the static stage's model and the
+# static-only rows (L_seg alone on m^K0 / m^A0 / m^D0; paper Fig. 8), each with its run suffix.
+SEG_KINDS = r"dynamic|static|seg_(?:K0|A0|D0)"
+
+
+def model_kind(model: str) -> str:
+    """``stages.infer``'s model kind of a model name: dynamic, static or seg."""
+    base = model.split("-r")[0]
+    return "seg" if base.startswith("seg_") else base
+
+
 wildcard_constraints:
     shard=r"\d{3}",
     set="train|eval",
-    model="dynamic|baseline|static",
+    model=rf"(?:{SEG_KINDS}){REP}",
+    mask="K0|A0|D0",
+    rep=REP,
 
 
 rule split_ids:

@@ -1,4 +1,6 @@
-# Dynamic region refinement (DESIGN §3.6) and the PSA-style baseline (DESIGN §3.7).
+# Dynamic region refinement (DESIGN §3.6) and the static-only seg rows (DESIGN §3.7): the
+# PSA-style baseline (m^K0), and the same model on m^A0 and m^D0 (paper Fig. 8).
+# `{rep}` is the run suffix of config `repeats` ("" or "-r<r>", rules/common.smk).
 
 
 rule train_dynamic:
@@ -8,13 +10,16 @@ rule train_dynamic:
         ids=shards("results/splits/train/{shard}.txt"),
         d0=shards("results/masks/D0/{shard}"),
     output:
-        "results/models/dynamic.pt",
+        "results/models/dynamic{rep}.pt",
     params:
-        cfg={k: config[k] for k in ("data", "model", "seg", "dynamic", "crf", "seed", "device", "amp", "nan_policy")},
+        cfg=lambda w: with_rep_seed(
+            {k: config[k] for k in ("data", "model", "seg", "dynamic", "crf", "device", "amp", "nan_policy")},
+            w.rep,
+        ),
     log:
-        "logs/train_dynamic.log",
+        "logs/train_dynamic{rep}.log",
     benchmark:
-        "benchmarks/train_dynamic.tsv"
+        "benchmarks/train_dynamic{rep}.tsv"
     threads: 2
     resources:
         gpu=DEVICE_GPU,
@@ -22,22 +27,25 @@ rule train_dynamic:
         "../workflow_scripts/train_dynamic.py"
 
 
-rule train_baseline:
+rule train_seg:
+    """The seg model trained on one seed mask with L_seg alone (settings: config `baseline`)."""
     input:
         cls="results/models/cls.pt",
         labels="results/labels/train.json",
         ids=shards("results/splits/train/{shard}.txt"),
-        masks=shards(f"results/masks/{config['baseline']['mask']}/{{shard}}"),
+        masks=shards("results/masks/{{mask}}/{shard}"),
     output:
-        "results/models/baseline.pt",
+        "results/models/seg_{mask}{rep}.pt",
     params:
-        cfg={k: config[k] for k in ("data", "model", "seg", "baseline", "seed", "device", "amp", "nan_policy")},
+        cfg=lambda w: with_rep_seed(
+            {k: config[k] for k in ("data", "model", "seg", "baseline", "device", "amp", "nan_policy")}, w.rep
+        ),
     log:
-        "logs/train_baseline.log",
+        "logs/train_seg/{mask}{rep}.log",
     benchmark:
-        "benchmarks/train_baseline.tsv"
+        "benchmarks/train_seg/{mask}{rep}.tsv"
     threads: 2
     resources:
         gpu=DEVICE_GPU,
     script:
-        "../workflow_scripts/train_baseline.py"
+        "../workflow_scripts/train_seg.py"

@@ -9,6 +9,7 @@ rule infer:
         directory("results/pred/{model}/{shard}"),
     params:
         cfg={k: config[k] for k in ("eval", "model", "seg", "infer", "crf", "seed", "device")},
+        kind=lambda w: model_kind(w.model),
     log:
         "logs/infer/{model}/{shard}.log",
     benchmark:
@@ -21,17 +22,28 @@ rule infer:
         "../workflow_scripts/infer.py"
 
 
+def scored_model(tag: str) -> str:
+    """The model a score file is of: miou.json is the SSDD (dynamic) model, miou_baseline.json
+    the static-only row on config `baseline.mask`, miou_<model>.json that model; a run suffix
+    "-r<r>" goes with it (miou-r1.json = dynamic-r1)."""
+    name, _, r = tag.partition("-r")
+    base = {"": "dynamic", "_baseline": f"seg_{config['baseline']['mask']}"}.get(name, name.lstrip("_"))
+    return base + (f"-r{r}" if r else "")
+
+
 rule score:
-    """mIoU of the SSDD model (miou.json) or the baseline (miou_baseline.json) on the eval split."""
+    """mIoU on the eval split of the SSDD model (miou.json), the baseline (miou_baseline.json), the
+    static model or a static-only row (miou_static.json, miou_seg_{K0,A0,D0}.json), per run."""
     input:
         ids=shards("results/splits/eval/{shard}.txt"),
-        pred=lambda w: shards(f"results/pred/{'dynamic' if w.tag == '' else w.tag.lstrip('_')}/{{shard}}"),
+        pred=lambda w: shards(f"results/pred/{scored_model(w.tag)}/{{shard}}"),
     output:
         "results/miou{tag}.json",
     wildcard_constraints:
-        tag="|_baseline|_static",
+        tag=rf"(?:|_baseline|_static|_seg_(?:K0|A0|D0)){REP}",
     params:
-        cfg=config,
+        cfg={"eval": config["eval"]},
+        model=lambda w: scored_model(w.tag),
     log:
         "logs/score/miou{tag}.log",
     script:
@@ -66,3 +78,21 @@ rule table1:
         "logs/table1.log",
     script:
         "../workflow_scripts/table1.py"
+
+
+rule ablation:
+    """The ablation rows on the eval split (paper Table 1, Fig. 8): the static-only seg model on
+    m^K0 (PSA), m^A0 and m^D0, and SSDD's dynamic model, mean ± std over `repeats` runs, with the
+    published numbers for context (results/ablation.md + .json)."""
+    input:
+        K0=expand("results/miou_seg_K0{rep}.json", rep=REPS),
+        A0=expand("results/miou_seg_A0{rep}.json", rep=REPS),
+        D0=expand("results/miou_seg_D0{rep}.json", rep=REPS),
+        SSDD=expand("results/miou{rep}.json", rep=REPS),
+    output:
+        md="results/ablation.md",
+        json="results/ablation.json",
+    log:
+        "logs/ablation.log",
+    script:
+        "../workflow_scripts/ablation.py"

@@ -1,6 +1,9 @@
 # Figures for `snakemake --report report.html` (after `snakemake all`).
 
-TRAIN_LOGS = ["train_cls", "train_aff", "train_static", "train_baseline", "train_dynamic"]
+TRAIN_LOGS = {"train_cls": "logs/train_cls.log", "train_aff": "logs/train_aff.log",
+              "train_static": "logs/train_static.log",
+              "baseline": f"logs/train_seg/{config['baseline']['mask']}.log",
+              "train_dynamic": "logs/train_dynamic.log"}
 
 
 rule report_figures:
@@ -8,7 +11,7 @@ rule report_figures:
         miou="results/miou.json",
         baseline="results/miou_baseline.json",
         seeds="results/seeds.json",
-        logs=expand("logs/{name}.log", name=TRAIN_LOGS),
+        logs=list(TRAIN_LOGS.values()),
         ids=shards("results/splits/train/{shard}.txt"),
         eval_ids=shards("results/splits/eval/{shard}.txt"),
         K0=shards("results/masks/K0/{shard}"),
@@ -16,15 +19,16 @@ rule report_figures:
         D0=shards("results/masks/D0/{shard}"),
         dd=shards("results/dd0/{shard}.h5"),
         pred_ssdd=shards("results/pred/dynamic/{shard}"),
-        pred_base=shards("results/pred/baseline/{shard}"),
+        pred_base=shards(f"results/pred/seg_{config['baseline']['mask']}/{{shard}}"),
     output:
         bars=report("results/report/iou_bars.png", caption="../report/iou_bars.rst", category="Scores"),
         seeds=report("results/report/seeds.csv", caption="../report/seeds.rst", category="Seeds"),
+        published=report("results/report/published.csv", caption="../report/published.rst", category="Scores"),
         losses=report("results/report/losses.png", caption="../report/losses.rst", category="Training"),
         gallery=report("results/report/gallery.png", caption="../report/gallery.rst", category="Examples"),
     params:
         cfg={k: config[k] for k in ("data", "eval", "seed")},
-        names=TRAIN_LOGS,
+        names=list(TRAIN_LOGS),
         n_train=6,
         n_eval=6,
     log:

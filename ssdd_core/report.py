@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .data import CLASS_NAMES, VOCRoot
-from .io import atomic_path, load_mask_png, read_h5, read_json, voc_palette
+from .io import atomic_path, load_mask_png, read_h5, read_json, voc_palette, write_json
 
 _EPOCH = re.compile(r"epoch (\d+)/(\d+): (.*)$")
 
@@ -181,3 +181,123 @@ def sweep_plot(sweep_json: str, out_png: str) -> None:
     ax.set_ylabel("train mIoU (%)")
     ax.legend()
     _save(fig, out_png)
+
+
+# Published VOC 2012 *val* mIoU (%) of related systems, as their papers report them (context
+# only: full VOC 2012 with 10,582 train_aug images, ResNet-38/101 or larger backbones, GPU
+# schedules; not comparable to a CPU preset on a subset). (system, backbone, mIoU, source).
+PUBLISHED_VAL_MIOU = [
+    ("PSA / AffinityNet (baseline of SSDD)", "ResNet-38", 61.7, "SSDD, ICCV 2019, Table 1 (seed 000)"),
+    ("SSDD", "ResNet-38", 64.9, "SSDD, ICCV 2019, Table 1 (seed 000)"),
+    ("AuxSegNet", "ResNet-38", 69.0, "AuxSegNet supplement, Table 1 (seed 004)"),
+    ("W-OoD", "ResNet-101", 69.8, "W-OoD, CVPR 2022, appendix Table A3 (seed 002)"),
+    ("W-OoD", "WideResNet-38", 70.7, "W-OoD, CVPR 2022, appendix Table A3 (seed 002)"),
+    ("SEAM + ISL/FSL (mean of 5 runs)", "ResNet-38", 66.7,
+     "High-fidelity pseudo-labels, supplement Table 7, reproduced column (seed 003)"),
+    ("Spatial-BCE + ISL/FSL (mean of 5 runs)", "ResNet-101", 70.1,
+     "High-fidelity pseudo-labels, supplement Table 7, reproduced column (seed 003)"),
+]
+
+
+def published_csv(out_csv: str) -> None:
+    """:data:`PUBLISHED_VAL_MIOU` as CSV (the report's context table)."""
+    with atomic_path(out_csv) as tmp:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["system", "backbone", "VOC 2012 val mIoU (published)", "source"])
+            w.writerows(PUBLISHED_VAL_MIOU)
+
+
+def published_table() -> str:
+    """The published context rows (:data:`PUBLISHED_VAL_MIOU`) as a markdown section."""
+    lines = ["## Published results, for context (not measured here)", "",
+             "PASCAL VOC 2012 val mIoU as the papers report it: full VOC 2012 (10,582 train_aug images, "
+             "1,449 val), large backbones and GPU schedules. Not comparable with the rows above.", "",
+             "| system | backbone | val mIoU | source |", "| --- | --- | ---: | --- |"]
+    lines += [f"| {n} | {b} | {v:.1f} | {s} |" for n, b, v, s in PUBLISHED_VAL_MIOU]
+    return "\n".join(lines) + "\n"
+
+
+ABLATION_ROWS = {
+    "K0": "seg model on m^K0 (PSA baseline)",
+    "A0": "seg model on m^A0 (PSA + CRF)",
+    "D0": "seg model on m^D0 (static region refinement)",
+    "SSDD": "SSDD (static + dynamic region refinement)",
+}
+
+
+def _mean_std(x: Sequence[float]) -> tuple[float, float | None]:
+    a = np.asarray(x, dtype=np.float64)
+    return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else None)
+
+
+def ablation_table(rows: Mapping[str, Sequence[str]], out_md: str, out_json: str) -> dict:
+    """The ablation rows of paper Table 1 / Fig. 8 on the eval split, mean ± std over runs.
+
+    Args:
+        rows: row name (``K0``, ``A0``, ``D0``, ``SSDD``; the first one is the reference of the
+            gain columns) → the score JSONs of its runs (``stages.score``), run r of every row
+            trained with the same seed, so the gains are paired per run.
+        out_md, out_json: the markdown table (ending with :func:`published_table`) and the
+            numbers: per row the per-run mIoU and per-class IoU, their mean and sample std
+            (ddof 1; null with one run), and the paired gain over the reference row.
+    Returns: the JSON object written.
+    Raises:
+        ValueError: rows with different numbers of runs, or runs scored on different splits /
+            image counts (they would not be comparable).
+    """
+    data = {name: [read_json(p) for p in paths] for name, paths in rows.items()}
+    n_runs = {len(v) for v in data.values()}
+    if len(n_runs) != 1 or 0 in n_runs:
+        raise ValueError(f"ablation: every row needs the same number of runs, got "
+                         f"{ {k: len(v) for k, v in data.items()} }")
+    where = {(r["split"], r["n_images"]) for runs in data.values() for r in runs}
+    if len(where) != 1:
+        raise ValueError(f"ablation: runs scored on different eval sets {sorted(where)}: "
+                         f"{ {k: list(v) for k, v in rows.items()} }")
+    split, n_images = where.pop()
+    ref = next(iter(data))
+    ref_miou = np.array([r["miou"] for r in data[ref]], dtype=np.float64)
+    out = {"split": split, "n_images": n_images, "runs": n_runs.pop(), "reference": ref, "rows": {}}
+    for name, runs in data.items():
+        miou = np.array([r["miou"] for r in runs], dtype=np.float64)
+        iou = np.array([[np.nan if v is None else v for v in r["iou"]] for r in runs], dtype=np.float64)
+        gain = miou - ref_miou
+        m, s = _mean_std(miou)
+        gm, gs = _mean_std(gain)
+        out["rows"][name] = {
+            "what": ABLATION_ROWS.get(name, name), "files": list(rows[name]),
+            "miou_runs": miou.tolist(), "miou_mean": m, "miou_std": s,
+            "gain_runs": gain.tolist(), "gain_mean": gm, "gain_std": gs,
+            # a gain smaller than its own run-to-run std is not told apart from noise
+            "gain_within_std": None if gs is None else bool(abs(gm) <= gs),
+            "iou_mean": [None if np.isnan(c).all() else float(np.nanmean(c)) for c in iou.T],
+        }
+    pct = lambda v: "–" if v is None else f"{100 * v:.1f}"
+    pm = lambda m, s: pct(m) + ("" if s is None else f" ± {pct(s)}")
+    lines = [f"# Ablation on {split} ({n_images} images, {out['runs']} run(s) per row)", "",
+             f"mIoU over the classes in GT; mean ± sample std over runs; gain = row − {ref} per run "
+             "(same seed), mean ± std.", "",
+             f"| row | model | mIoU | gain vs {ref} | |", "| --- | --- | ---: | ---: | --- |"]
+    for name, r in out["rows"].items():
+        note = ("" if name == ref else "1 run: noise unknown" if r["gain_std"] is None
+                else "within run-to-run noise" if r["gain_within_std"] else "larger than its std")
+        gain = "" if name == ref else ("+" if r["gain_mean"] >= 0 else "") + pm(r["gain_mean"], r["gain_std"])
+        lines.append(f"| {name} | {r['what']} | {pm(r['miou_mean'], r['miou_std'])} | {gain} | {note} |")
+    names = list(out["rows"])
+    last = names[-1]
+    lines += ["", f"Per class (IoU, mean over runs; gain = {last} − {ref}, paper Table 1):", "",
+              "| class | " + " | ".join(names) + " | gain |", "| --- |" + " ---: |" * (len(names) + 1)]
+    for c, cname in enumerate(CLASS_NAMES):
+        vals = [out["rows"][n]["iou_mean"][c] for n in names]
+        if all(v is None for v in vals):
+            continue
+        a, b = out["rows"][ref]["iou_mean"][c], out["rows"][last]["iou_mean"][c]
+        g = "–" if a is None or b is None else f"{100 * (b - a):+.1f}"
+        lines.append(f"| {cname} | " + " | ".join(pct(v) for v in vals) + f" | {g} |")
+    text = "\n".join(lines) + "\n\n" + published_table()
+    with atomic_path(out_md) as tmp:
+        Path(tmp).write_text(text)
+    write_json(out_json, {**out, "published_val_miou": [
+        {"system": n, "backbone": b, "miou": v, "source": s} for n, b, v, s in PUBLISHED_VAL_MIOU]})
+    return out

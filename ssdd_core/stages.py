@@ -329,8 +329,15 @@ def integrate(cfg: dict, static_pt: str, labels_json: str, ids_file: str, k0_dir
     return stats
 
 
-def train_baseline(cfg, cls_pt, labels_json, split_files, mask_dirs, out, threads=2) -> dict:
-    """PSA-style baseline: the same seg model trained on m^K0 (or m^A0) with L_seg alone."""
+def train_seg(cfg, cls_pt, labels_json, split_files, mask_dirs, out, threads=2) -> dict:
+    """A static-only seg row: the seg model trained with L_seg alone on one seed mask, with the
+    ``baseline`` block's settings. On m^K0 it is the PSA-style baseline (DESIGN §3.7); on m^A0 and
+    m^D0 the paper's "PSA + CRF" and "static region refinement" rows (Fig. 8).
+
+    Args:
+        mask_dirs: per-shard folders of the mask's PNGs, aligned with ``split_files``.
+    Returns: :func:`ssdd_core.train.fit`'s summary; writes the checkpoint ``out``.
+    """
     device = _setup(cfg, threads)
     b = cfg["baseline"]
     labels = read_json(labels_json)["labels"]
@@ -385,10 +392,15 @@ def train_dynamic(cfg, cls_pt, labels_json, split_files, d0_dirs, out, threads=2
 def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str, threads: int = 2) -> dict:
     """Multi-scale + flip (+ CRF) predictions of one eval shard → PNGs. No image labels used.
 
+    ``model_name`` is the model's kind: ``dynamic`` (heads main / sub, DD-Nets d1 / d2; predicts
+    with main), ``static`` (base + d0) or ``seg`` (a static-only row: base alone).
     ``threads`` ≥ 2 also runs the CRF in a worker process, overlapped with the network."""
     device = _setup(cfg, threads)
-    heads = {"dynamic": (("main", "sub"), ("d1", "d2"), "main"), "baseline": (("base",), (), "base"),
-             "static": (("base",), ("d0",), "base")}[model_name]
+    kinds = {"dynamic": (("main", "sub"), ("d1", "d2"), "main"), "seg": (("base",), (), "base"),
+             "static": (("base",), ("d0",), "base")}
+    if model_name not in kinds:
+        raise ValueError(f"infer: unknown model kind {model_name!r} (one of {sorted(kinds)})")
+    heads = kinds[model_name]
     ic = cfg["infer"]
     model = _seg_model(cfg, heads[0], heads[1], ic["output_stride"])
     _load_into(model, model_pt)
@@ -532,7 +544,10 @@ def table1(miou_json: str, baseline_json: str, out_md: str) -> str:
     g = None if s["miou"] is None or b["miou"] is None else s["miou"] - b["miou"]
     rows.append(f"| **mIoU (classes in GT)** | {fmt(b['miou'])} | {fmt(s['miou'])} | "
                 f"{'–' if g is None else f'{100 * g:+.1f}'} |")
-    text = (f"# Table 1 — baseline vs SSDD on {s['split']} ({s['n_images']} images)\n\n" + "\n".join(rows) + "\n")
+    from .report import published_table
+
+    text = (f"# Table 1 — baseline vs SSDD on {s['split']} ({s['n_images']} images)\n\n" + "\n".join(rows) + "\n\n"
+            + published_table())
     with atomic_path(out_md) as tmp:
         Path(tmp).write_text(text)
     return text

@@ -28,7 +28,7 @@ def test_infer_with_crf_worker_matches_sequential_predict(tmp_path):
     voc = VOCRoot(SAMPLE, "SegmentationClass")
     ids = voc.read_ids("val")[:3]
     (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
-    res = stages.infer(cfg, "baseline", str(tmp_path / "m.pt"), str(tmp_path / "ids.txt"), str(tmp_path / "pred"),
+    res = stages.infer(cfg, "seg", str(tmp_path / "m.pt"), str(tmp_path / "ids.txt"), str(tmp_path / "pred"),
                        threads=2)
     assert res["n"] == 3
     model.eval()

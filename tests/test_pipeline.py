@@ -62,7 +62,8 @@ def test_dry_run_10582_ids_under_5s(wf, tmp_path):
 def tiny_run(wf):
     t0 = time.time()
     # infer with 2 threads: its CRF worker process runs inside Snakemake's script context
-    snakemake(wf, "--cores", "2", "all", "--configfile", "config/tiny.yaml", "--set-threads", "infer=2")
+    snakemake(wf, "--cores", "2", "all", "results/ablation.md", "--configfile", "config/tiny.yaml",
+              "--set-threads", "infer=2")
     return wf, time.time() - t0
 
 
@@ -70,9 +71,9 @@ def test_tiny_end_to_end(tiny_run):
     wf, seconds = tiny_run
     res = json.loads((wf / "results" / "miou.json").read_text())
     assert res["n_images"] == 6 and 0.0 <= res["miou"] <= 1.0 and len(res["iou"]) == 21
-    assert res["split"].endswith("tiny_val.txt") and res["config_hash"]
+    assert res["split"].endswith("tiny_val.txt") and res["model"] == "dynamic"
     base = json.loads((wf / "results" / "miou_baseline.json").read_text())
-    assert base["n_images"] == 6
+    assert base["n_images"] == 6 and base["model"] == "seg_K0"
     seeds = json.loads((wf / "results" / "seeds.json").read_text())
     assert set(seeds["summary"]) == {"K0", "A0", "D0", "CAM"}
     integ = seeds["integration"]["of_differing"]
@@ -92,11 +93,9 @@ def test_tiny_end_to_end(tiny_run):
     assert not list((wf / "results").rglob("*.tmp"))
 
 
-def test_crf_change_reruns_crf_and_downstream_only(tiny_run):
-    wf, _ = tiny_run
-    p = snakemake(wf, "-n", "all", "--configfile", "config/tiny.yaml", "--config", "crf={'bi_w': 5}")
-    jobs = set()
-    started = False
+def _dry_run_jobs(p) -> dict:
+    """Job name → count from the "Job stats:" table of a dry run's output."""
+    jobs, started = {}, False
     for line in p.stdout.splitlines():
         if line.startswith("Job stats:"):
             started = True
@@ -104,12 +103,57 @@ def test_crf_change_reruns_crf_and_downstream_only(tiny_run):
         if started:
             tok = line.split()
             if len(tok) == 2 and tok[1].isdigit() and tok[0] not in ("job", "total"):
-                jobs.add(tok[0])
+                jobs[tok[0]] = int(tok[1])
             elif tok and tok[0] == "total":
                 break
+    return jobs
+
+
+def test_crf_change_reruns_crf_and_downstream_only(tiny_run):
+    wf, _ = tiny_run
+    p = snakemake(wf, "-n", "all", "--configfile", "config/tiny.yaml", "--config", "crf={'bi_w': 5}")
+    jobs = set(_dry_run_jobs(p))
     assert {"crf", "train_static", "integrate", "train_dynamic", "infer", "score", "score_seeds"} <= jobs
     assert not jobs & {"train_cls", "cam", "aff_labels", "train_aff", "psa", "split_ids", "image_labels"}, jobs
-    assert "train_baseline" not in jobs  # the baseline trains on K0, upstream of the CRF
+    assert "train_seg" not in jobs  # the baseline trains on K0, upstream of the CRF
+
+
+@pytest.mark.parametrize("override", ["sweep={'crf_bi_w': [3]}", "baseline={'epochs': 2}", "repeats=3"])
+def test_unrelated_config_change_does_not_rerun_ssdd_score(tiny_run, override):
+    """Score takes only the eval block: a change that leaves the SSDD model alone reruns nothing."""
+    wf, _ = tiny_run
+    p = snakemake(wf, "-n", "results/miou.json", "--configfile", "config/tiny.yaml", "--config", override)
+    assert _dry_run_jobs(p) == {}, p.stdout[-2000:]
+
+
+def test_ablation_rows_end_to_end(tiny_run):
+    """The four rows (static-only seg model on K0 / A0 / D0, SSDD), one rule each via {mask}."""
+    wf, _ = tiny_run
+    ab = json.loads((wf / "results" / "ablation.json").read_text())
+    assert list(ab["rows"]) == ["K0", "A0", "D0", "SSDD"] and ab["runs"] == 1 and ab["n_images"] == 6
+    base = json.loads((wf / "results" / "miou_baseline.json").read_text())
+    ssdd = json.loads((wf / "results" / "miou.json").read_text())
+    assert ab["rows"]["K0"]["miou_runs"] == [base["miou"]]  # the baseline is the K0 row, trained once
+    assert ab["rows"]["SSDD"]["miou_runs"] == [ssdd["miou"]]
+    assert ab["rows"]["SSDD"]["gain_runs"] == [pytest.approx(ssdd["miou"] - base["miou"])]
+    for m in ("K0", "A0", "D0"):
+        assert (wf / "results" / "models" / f"seg_{m}.pt").exists()
+        assert "epoch 1/1:" in (wf / "logs" / "train_seg" / f"{m}.log").read_text()
+    md = (wf / "results" / "ablation.md").read_text()
+    assert "| D0 | seg model on m^D0" in md and "## Published results" in md and "| SSDD | ResNet-38 | 64.9 |" in md
+
+
+def test_repeats_add_seeded_runs_of_the_seg_stages_only(tiny_run):
+    """`repeats: 2` adds run -r1 of the four seg models (seed + 1) and nothing upstream."""
+    wf, _ = tiny_run
+    p = snakemake(wf, "-n", "-p", "results/ablation.md", "--configfile", "config/tiny.yaml", "--config", "repeats=2")
+    jobs = _dry_run_jobs(p)
+    assert jobs.get("train_seg") == 3 and jobs.get("train_dynamic") == 1, jobs
+    assert jobs.get("infer") == 4 * 2 and jobs.get("score") == 4 and jobs.get("ablation") == 1, jobs
+    assert not set(jobs) & {"train_cls", "psa", "crf", "train_static", "integrate"}, jobs
+    for out in ("results/models/seg_K0-r1.pt", "results/models/seg_D0-r1.pt", "results/models/dynamic-r1.pt",
+                "results/miou-r1.json", "results/miou_seg_A0-r1.json"):
+        assert out in p.stdout, out
 
 
 def _tree_bytes(d):
@@ -203,7 +247,7 @@ def test_paper_config_dry_run_full_dag(wf, tmp_path):
     p = snakemake(wf, "-n", "all", "results/sweep/crf.json", "--configfile", "config/paper.yaml", "--config",
                   f"data={{'root': '{root}'}}", f"eval={{'root': '{root}'}}")
     for rule in ("train_cls", "cam", "aff_labels", "train_aff", "psa", "crf", "train_static", "integrate",
-                 "train_baseline", "train_dynamic", "infer", "score", "score_seeds", "table1", "sweep_crf",
+                 "train_seg", "train_dynamic", "infer", "score", "score_seeds", "table1", "sweep_crf",
                  "sweep_table"):
         assert f"\n{rule} " in p.stdout, rule
 
@@ -217,3 +261,14 @@ def test_snakemake_report(tiny_run, tmp_path):
     assert out.stat().st_size > 50_000
     for name in ("iou_bars.png", "seeds.csv", "losses.png", "gallery.png"):
         assert name in html, name
+
+
+def test_slurm_profile_names_existing_rules(wf):
+    """A renamed rule must not leave the cluster profile setting resources of a rule that is gone."""
+    import yaml
+
+    prof = yaml.safe_load((wf / "profiles" / "slurm" / "config.yaml").read_text())
+    out = snakemake(wf, "--list-rules", "--configfile", "config/tiny.yaml").stdout
+    rules = {line.split()[0] for line in out.splitlines() if line.strip() and not line[0].isspace()}
+    assert {"train_seg", "train_dynamic", "infer"} <= rules
+    assert set(prof["set-resources"]) <= rules, set(prof["set-resources"]) - rules

@@ -1,8 +1,10 @@
-"""The tiny pipeline submitted through profiles/slurm to a local single-node Slurm.
+"""The Slurm profile: the sbatch GPU flags of a GPU rule, rendered by the executor plugin (default
+run), and the tiny pipeline submitted through profiles/slurm to a local single-node Slurm.
 
-Run with `python -m pytest -m slurm` (needs root to apt-get install slurm-wlm and munge when
-they are missing). Resources of the cluster profile are adapted to the one small node the way
-a user adapts them to their cluster: no GPUs (gres dropped), small memory / runtime requests.
+The second needs `python -m pytest -m slurm` (and root to apt-get install slurm-wlm and munge
+when they are missing). Resources of the cluster profile are adapted to the one small node the
+way a user adapts them to their cluster: small memory / runtime requests; the tiny config's
+`device: cpu` asks for no GPU.
 """
 import json
 import os
@@ -15,7 +17,6 @@ import yaml
 
 from conftest import REPO, copy_workflow
 
-pytestmark = pytest.mark.slurm
 
 
 @pytest.fixture
@@ -32,6 +33,7 @@ def local_slurm(tmp_path):
         subprocess.run(["bash", str(script), "stop", str(d)], timeout=60)
 
 
+@pytest.mark.slurm
 def test_tiny_pipeline_through_slurm_profile(local_slurm, tmp_path):
     (tmp_path / "wf").mkdir()
     wf = copy_workflow(tmp_path / "wf")
@@ -52,3 +54,34 @@ def test_tiny_pipeline_through_slurm_profile(local_slurm, tmp_path):
     assert res["n_images"] == 6 and 0 <= res["miou"] <= 1
     assert "sbatch" in p.stderr or "SLURM" in p.stderr or "slurm" in p.stderr.lower()
     print(f"slurm run: {elapsed:.0f} s")
+
+
+def _dry_run_resources(wf, rule, *config):
+    """The resources Snakemake gives ``rule``'s job under profiles/slurm (dry run: no Slurm)."""
+    from conftest import snakemake
+
+    p = snakemake(wf, "-n", "--profile", "profiles/slurm", "results/models/cls.pt", "--configfile",
+                  "config/tiny.yaml", "--config", *config)
+    block = p.stdout.split(f"rule {rule}:", 1)[1]
+    line = next(ln for ln in block.splitlines() if ln.strip().startswith("resources:"))
+    return dict(kv.split("=", 1) for kv in line.split(":", 1)[1].strip().split(", "))
+
+
+@pytest.mark.parametrize("device, gpus", [("cuda", " --gpus=1"), ("cpu", "")])
+def test_gpu_rule_sbatch_flags_through_the_plugin(tmp_path, device, gpus):
+    """A GPU rule's sbatch GPU flags, rendered by the Slurm executor plugin's own functions from
+    the resources the profile gives the job: one GPU request, never both `gpu` and `gres`."""
+    plugin_utils = pytest.importorskip("snakemake_executor_plugin_slurm.utils")
+    partitions = pytest.importorskip("snakemake_executor_plugin_slurm.partitions")
+    wf = copy_workflow(tmp_path)
+    res = _dry_run_resources(wf, "train_cls", f"device={device}")
+
+    class Resources(dict):
+        __getattr__ = dict.__getitem__
+
+    class Job:
+        resources = Resources({k: int(v) if v.isdigit() else v for k, v in res.items()})
+
+    assert "gres" not in res, res
+    assert plugin_utils.set_gres_string(Job) == gpus
+    assert partitions.parse_gpu_requirements(Job)[0] == (1 if device == "cuda" else 0)

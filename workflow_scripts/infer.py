@@ -3,5 +3,5 @@ from ssdd_core import stages
 from ssdd_core.runlog import logged
 
 with logged(snakemake.log[0]):
-    stages.infer(snakemake.params.cfg, snakemake.wildcards.model, snakemake.input.model, snakemake.input.ids,
+    stages.infer(snakemake.params.cfg, snakemake.params.kind, snakemake.input.model, snakemake.input.ids,
                  snakemake.output[0], snakemake.threads)

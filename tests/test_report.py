@@ -1,0 +1,71 @@
+"""The ablation table: mean ± std over runs, paired gains, refusal of incomparable runs."""
+import json
+import statistics
+
+import pytest
+
+from ssdd_core import report
+
+
+def _score(path, miou, iou, split="val", n=445):
+    path.write_text(json.dumps({"miou": miou, "iou": iou, "split": split, "n_images": n}))
+    return str(path)
+
+
+def _rows(tmp_path, table, **kw):
+    """{row: [mIoU per run]} → score JSONs; class 1 gets mIoU + 0.1, classes 2.. are absent."""
+    return {name: [_score(tmp_path / f"{name}{r}.json", m, [m - 0.1, m + 0.1] + [None] * 19, **kw)
+                   for r, m in enumerate(runs)] for name, runs in table.items()}
+
+
+def test_mean_std_and_paired_gain_against_statistics(tmp_path):
+    table = {"K0": [0.30, 0.34, 0.32], "A0": [0.29, 0.31, 0.36], "D0": [0.33, 0.36, 0.35], "SSDD": [0.35, 0.37, 0.36]}
+    out = report.ablation_table(_rows(tmp_path, table), tmp_path / "a.md", tmp_path / "a.json")
+    assert json.loads((tmp_path / "a.json").read_text())["rows"] == out["rows"]
+    for name, runs in table.items():
+        r = out["rows"][name]
+        assert r["miou_mean"] == pytest.approx(statistics.mean(runs))
+        assert r["miou_std"] == pytest.approx(statistics.stdev(runs))  # sample std (n - 1)
+        gains = [a - b for a, b in zip(runs, table["K0"])]
+        assert r["gain_mean"] == pytest.approx(statistics.mean(gains))
+        assert r["gain_std"] == pytest.approx(statistics.stdev(gains))
+        assert r["iou_mean"][1] == pytest.approx(statistics.mean(runs) + 0.1) and r["iou_mean"][2] is None
+    # SSDD gains +0.05, +0.03, +0.04: larger than their std; A0's -0.01, -0.03, +0.04 are not
+    assert out["rows"]["SSDD"]["gain_within_std"] is False
+    assert out["rows"]["A0"]["gain_within_std"] is True
+    md = (tmp_path / "a.md").read_text()
+    assert "| SSDD | SSDD (static + dynamic region refinement) | 36.0 ± 1.0 | +4.0 ± 1.0 | larger than its std |" in md
+    assert "within run-to-run noise" in md and md.rstrip().endswith("supplement Table 7, reproduced column (seed 003) |")
+    assert "| aeroplane | 42.0 | 42.0 | 44.7 | 46.0 | +4.0 |" in md  # per class: mean IoU, SSDD − K0
+
+
+def test_one_run_says_noise_is_unknown(tmp_path):
+    out = report.ablation_table(_rows(tmp_path, {"K0": [0.3], "SSDD": [0.31]}), tmp_path / "a.md", tmp_path / "a.json")
+    assert out["rows"]["SSDD"]["miou_std"] is None and out["rows"]["SSDD"]["gain_within_std"] is None
+    assert "1 run: noise unknown" in (tmp_path / "a.md").read_text()
+
+
+def test_incomparable_runs_are_refused(tmp_path):
+    rows = _rows(tmp_path, {"K0": [0.3, 0.31], "SSDD": [0.32]})
+    with pytest.raises(ValueError, match="same number of runs"):
+        report.ablation_table(rows, tmp_path / "a.md", tmp_path / "a.json")
+    rows = {"K0": [_score(tmp_path / "k.json", 0.3, [0.3] * 21)],
+            "SSDD": [_score(tmp_path / "s.json", 0.3, [0.3] * 21, split="train")]}
+    with pytest.raises(ValueError, match="different eval sets"):
+        report.ablation_table(rows, tmp_path / "a.md", tmp_path / "a.json")
+    assert not (tmp_path / "a.md").exists()
+
+
+@pytest.mark.parametrize("configfile", ["config/tiny.yaml", "config/voc2012_mini.yaml", "config/paper.yaml", None])
+def test_static_only_rows_train_like_the_dynamic_model(configfile):
+    """A fair ablation: the K0 / A0 / D0 rows get the dynamic stage's epochs, optimiser and schedule."""
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(repo / "tools"))
+    from config_files import merged_config
+
+    cfg = merged_config([repo / configfile] if configfile else [])
+    for k in ("epochs", "batch", "lr", "weight_decay", "crop", "resize_range"):
+        assert cfg["baseline"][k] == cfg["dynamic"][k], (configfile, k)

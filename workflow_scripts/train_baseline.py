@@ -1,8 +1,0 @@
-# Thin Snakemake script: see ssdd_core.stages.train_baseline
-from ssdd_core import stages
-from ssdd_core.runlog import logged
-
-with logged(snakemake.log[0]):
-    i = snakemake.input
-    stages.train_baseline(snakemake.params.cfg, i.cls, i.labels, list(i.ids), list(i.masks), snakemake.output[0],
-                          snakemake.threads)
