@@ -17,6 +17,18 @@ if _walk_problem:
 
 SHARDS = [f"{i:03d}" for i in range(config["shards"])]
 
+# Seed source (issue 20): the PSA chain, or another method's seeds imported by import_seeds.
+PSA_SEEDS = config["seeds"]["source"] == "psa"
+if not PSA_SEEDS and not config["seeds"]["dir"]:
+    raise ValueError("config: seeds.source is 'precomputed' but seeds.dir is not set (the folder of the seeds)")
+
+
+def classifier_input(wildcards=None) -> dict:
+    """The PSA classifier that initialises the seg models' encoder; none (ImageNet weights) with
+    precomputed seeds, whose rule graph has no classifier."""
+    return {"cls": "results/models/cls.pt"} if PSA_SEEDS else {}
+
+
 
 def _gpu_visible() -> bool:
     """A CUDA device node or a non-empty CUDA_VISIBLE_DEVICES (cheap: no torch import)."""

@@ -5,7 +5,7 @@
 
 rule train_dynamic:
     input:
-        cls="results/models/cls.pt",
+        unpack(classifier_input),
         labels="results/labels/train.json",
         ids=shards("results/splits/train/{shard}.txt"),
         d0=shards("results/masks/D0/{shard}"),
@@ -30,7 +30,7 @@ rule train_dynamic:
 rule train_seg:
     """The seg model trained on one seed mask with L_seg alone (settings: config `baseline`)."""
     input:
-        cls="results/models/cls.pt",
+        unpack(classifier_input),
         labels="results/labels/train.json",
         ids=shards("results/splits/train/{shard}.txt"),
         masks=shards("results/masks/{{mask}}/{shard}"),

@@ -54,7 +54,7 @@ rule score_seeds:
     """Seed quality on the training ids (paper Fig. 6): CAM, m^K0, m^A0, m^D0."""
     input:
         ids=shards("results/splits/train/{shard}.txt"),
-        cam=shards("results/cam/{shard}.h5"),
+        cam=shards("results/cam/{shard}.h5") if PSA_SEEDS else [],  # no CAM row for precomputed seeds
         K0=shards("results/masks/K0/{shard}"),
         A0=shards("results/masks/A0/{shard}"),
         D0=shards("results/masks/D0/{shard}"),

@@ -75,21 +75,44 @@ rule train_aff:
         "../workflow_scripts/train_aff.py"
 
 
-rule psa:
-    input:
-        model="results/models/aff.pt",
-        cam="results/cam/{shard}.h5",
-    output:
-        probs="results/psa/{shard}.h5",
-        masks=directory("results/masks/K0/{shard}"),
-    params:
-        cfg={k: config[k] for k in ("data", "model", "aff", "psa", "seed", "device")},
-    log:
-        "logs/psa/{shard}.log",
-    benchmark:
-        "benchmarks/psa/{shard}.tsv"
-    threads: 2
-    resources:
-        gpu=DEVICE_GPU,
-    script:
-        "../workflow_scripts/psa.py"
+if PSA_SEEDS:
+
+    rule psa:
+        input:
+            model="results/models/aff.pt",
+            cam="results/cam/{shard}.h5",
+        output:
+            probs="results/psa/{shard}.h5",
+            masks=directory("results/masks/K0/{shard}"),
+        params:
+            cfg={k: config[k] for k in ("data", "model", "aff", "psa", "seed", "device")},
+        log:
+            "logs/psa/{shard}.log",
+        benchmark:
+            "benchmarks/psa/{shard}.tsv"
+        threads: 2
+        resources:
+            gpu=DEVICE_GPU,
+        script:
+            "../workflow_scripts/psa.py"
+
+else:
+
+    rule import_seeds:
+        """Another method's seeds (config seeds.dir) → p^K0 and m^K0, validated (issue 20)."""
+        input:
+            ids="results/splits/train/{shard}.txt",
+            labels="results/labels/train.json",
+            seeds=config["seeds"]["dir"],
+        output:
+            probs="results/psa/{shard}.h5",
+            masks=directory("results/masks/K0/{shard}"),
+        params:
+            cfg={k: config[k] for k in ("data", "seeds")},
+        log:
+            "logs/import_seeds/{shard}.log",
+        benchmark:
+            "benchmarks/import_seeds/{shard}.tsv"
+        threads: 1
+        script:
+            "../workflow_scripts/import_seeds.py"

@@ -1,6 +1,6 @@
 # Figures for `snakemake --report report.html` (after `snakemake all`).
 
-TRAIN_LOGS = {"train_cls": "logs/train_cls.log", "train_aff": "logs/train_aff.log",
+TRAIN_LOGS = {**({"train_cls": "logs/train_cls.log", "train_aff": "logs/train_aff.log"} if PSA_SEEDS else {}),
               "train_static": "logs/train_static.log",
               "baseline": f"logs/train_seg/{config['baseline']['mask']}.log",
               "train_dynamic": "logs/train_dynamic.log"}

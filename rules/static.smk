@@ -3,7 +3,7 @@
 
 rule train_static:
     input:
-        cls="results/models/cls.pt",
+        unpack(classifier_input),
         labels="results/labels/train.json",
         ids=shards("results/splits/train/{shard}.txt"),
         k0=shards("results/masks/K0/{shard}"),

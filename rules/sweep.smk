@@ -30,7 +30,7 @@ use rule crf as sweep_crf with:
 
 use rule train_static as sweep_train_static with:
     input:
-        cls="results/models/cls.pt",
+        unpack(classifier_input),
         labels="results/labels/train.json",
         ids=shards("results/splits/train/{shard}.txt"),
         k0=shards("results/masks/K0/{shard}"),

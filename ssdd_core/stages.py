@@ -244,12 +244,34 @@ def crf(cfg: dict, psa_h5: str, out_h5: str, out_dir: str) -> dict:
     return {"n": len(ids), "seconds": dt}
 
 
+def import_seeds(cfg: dict, ids_file: str, labels_json: str, out_h5: str, out_dir: str) -> dict:
+    """Precomputed seeds of one shard → p^K0 (HDF5) and m^K0 PNGs, the ``psa`` rule's outputs
+    (``seeds.source: precomputed``; formats and checks in :mod:`ssdd_core.seed_import`)."""
+    from .seed_import import import_seeds as run
+
+    voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
+    labels = read_json(labels_json)["labels"]
+    ids = [i for i in read_shard_ids(ids_file) if i in labels]
+    return run(cfg["seeds"]["dir"], ids, labels, lambda i: voc.load_image(i).shape[:2], out_h5, out_dir,
+               float(cfg["seeds"]["png_confidence"]))
+
+
 # --------------------------------------------------------------------------- SSDD
 
 def _seg_model(cfg: dict, heads, ddnets, output_stride: int, pretrained=False):
     s = cfg["seg"]
     return SegModel(_backbone(cfg, output_stride, pretrained=pretrained), heads, ddnets, s["head_hidden"],
                     s["head_dilation"], s["dd_width"], s["dd_stride"], s["dd_bn"])
+
+
+def _init_encoder(cfg: dict, heads, ddnets, cls_pt: str | None) -> SegModel:
+    """A seg model for training at the training output stride, encoder θ_e initialised from the
+    PSA classifier (DESIGN §3.5, §3.6), or from ImageNet weights when there is none
+    (``seeds.source: precomputed`` skips the classifier)."""
+    model = _seg_model(cfg, heads, ddnets, cfg["model"]["train_output_stride"], pretrained=cls_pt is None)
+    if cls_pt is not None:
+        _init_from_cls(model, cls_pt)
+    return model
 
 
 def _init_from_cls(model: SegModel, cls_pt: str) -> None:
@@ -262,6 +284,10 @@ def _init_from_cls(model: SegModel, cls_pt: str) -> None:
         model.backbone.load_state_dict(bb)
     except RuntimeError as e:
         raise ArtifactError(f"{cls_pt}: classifier backbone does not match config 'model': {str(e)[:300]}") from e
+
+
+def _given(path: str | None) -> list[str]:
+    return [] if path is None else [path]
 
 
 def files_key(paths) -> list:
@@ -282,7 +308,7 @@ def _seg_train(cfg, block, model, ds, step, out, threads, device, key_extra):
                amp=cfg["amp"], max_steps=block.get("max_steps"), logger=log)
 
 
-def train_static(cfg: dict, cls_pt: str, labels_json: str, split_files, k0_dirs, a0_dirs, out: str,
+def train_static(cfg: dict, cls_pt: str | None, labels_json: str, split_files, k0_dirs, a0_dirs, out: str,
                  threads: int = 2) -> dict:
     """Static region refinement training, L_static = L_seg(m^K0) + L_diff0 (Eq. 6-9)."""
     device = _setup(cfg, threads)
@@ -291,12 +317,11 @@ def train_static(cfg: dict, cls_pt: str, labels_json: str, split_files, k0_dirs,
     voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
     k0, a0 = id_map(split_files, k0_dirs, ".png"), id_map(split_files, a0_dirs, ".png")
     ids = sorted(i for i in labels if i in k0)
-    model = _seg_model(cfg, ("base",), ("d0",), cfg["model"]["train_output_stride"])
-    _init_from_cls(model, cls_pt)
+    model = _init_encoder(cfg, ("base",), ("d0",), cls_pt)
     ds = SegDataset(voc, ids, labels, s["crop"], seed=cfg["seed"], masks={"K0": k0, "A0": a0},
                     resize_range=tuple(s["resize_range"]), dd_stride=cfg["seg"]["dd_stride"])
     step = make_static_step(cfg["seg"]["seg_loss"], s["flag_ratio"])
-    return _seg_train(cfg, s, model, ds, step, out, threads, device, files_key([cls_pt, *k0_dirs, *a0_dirs]))
+    return _seg_train(cfg, s, model, ds, step, out, threads, device, files_key([*_given(cls_pt), *k0_dirs, *a0_dirs]))
 
 
 def integrate(cfg: dict, static_pt: str, labels_json: str, ids_file: str, k0_dir: str, a0_dir: str,
@@ -329,7 +354,7 @@ def integrate(cfg: dict, static_pt: str, labels_json: str, ids_file: str, k0_dir
     return stats
 
 
-def train_seg(cfg, cls_pt, labels_json, split_files, mask_dirs, out, threads=2) -> dict:
+def train_seg(cfg, cls_pt: str | None, labels_json, split_files, mask_dirs, out, threads=2) -> dict:
     """A static-only seg row: the seg model trained with L_seg alone on one seed mask, with the
     ``baseline`` block's settings. On m^K0 it is the PSA-style baseline (DESIGN §3.7); on m^A0 and
     m^D0 the paper's "PSA + CRF" and "static region refinement" rows (Fig. 8).
@@ -344,12 +369,11 @@ def train_seg(cfg, cls_pt, labels_json, split_files, mask_dirs, out, threads=2) 
     voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
     masks = id_map(split_files, mask_dirs, ".png")
     ids = sorted(i for i in labels if i in masks)
-    model = _seg_model(cfg, ("base",), (), cfg["model"]["train_output_stride"])
-    _init_from_cls(model, cls_pt)
+    model = _init_encoder(cfg, ("base",), (), cls_pt)
     ds = SegDataset(voc, ids, labels, b["crop"], seed=cfg["seed"], masks={"M": masks},
                     resize_range=tuple(b["resize_range"]), dd_stride=cfg["seg"]["dd_stride"])
     return _seg_train(cfg, b, model, ds, make_baseline_step("M", cfg["seg"]["seg_loss"]), out, threads, device,
-                      files_key([cls_pt, *mask_dirs]))
+                      files_key([*_given(cls_pt), *mask_dirs]))
 
 
 def inloop_crf(cfg: dict, threads: int = 2) -> InLoopCRF:
@@ -363,7 +387,7 @@ def inloop_crf(cfg: dict, threads: int = 2) -> InLoopCRF:
                      float(d["crf_kernel_scale"]))
 
 
-def train_dynamic(cfg, cls_pt, labels_json, split_files, d0_dirs, out, threads=2) -> dict:
+def train_dynamic(cfg, cls_pt: str | None, labels_json, split_files, d0_dirs, out, threads=2) -> dict:
     """Dynamic region refinement (Eq. 11-15) → ``dynamic.pt`` (heads main/sub, DD-Nets d1/d2)."""
     device = _setup(cfg, threads)
     d = cfg["dynamic"]
@@ -371,15 +395,14 @@ def train_dynamic(cfg, cls_pt, labels_json, split_files, d0_dirs, out, threads=2
     voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
     d0 = id_map(split_files, d0_dirs, ".png")
     ids = sorted(i for i in labels if i in d0)
-    model = _seg_model(cfg, ("main", "sub"), ("d1", "d2"), cfg["model"]["train_output_stride"])
-    _init_from_cls(model, cls_pt)
+    model = _init_encoder(cfg, ("main", "sub"), ("d1", "d2"), cls_pt)
     ds = SegDataset(voc, ids, labels, d["crop"], seed=cfg["seed"], masks={"D0": d0},
                     resize_range=tuple(d["resize_range"]), dd_stride=cfg["seg"]["dd_stride"])
     incrf = inloop_crf(cfg, threads)
     try:
         res = _seg_train(cfg, d, model, ds, make_dynamic_step(cfg["seg"]["seg_loss"], incrf, d, d["alpha"],
                                                               d["flag_ratio"], d["warmup_epochs"]), out, threads, device,
-                         [cfg["crf"], files_key([cls_pt, *d0_dirs])])
+                         [cfg["crf"], files_key([*_given(cls_pt), *d0_dirs])])
     finally:
         incrf.close()
     res["crf_seconds_per_iter"] = incrf.seconds / max(1, incrf.calls)
@@ -490,6 +513,7 @@ def score_seeds(cfg: dict, split_files, mask_sets: dict, cam_h5s, out_json: str)
 
     Args:
         mask_sets: name → list of shard folders aligned with ``split_files``.
+        cam_h5s: the CAM shards; empty (precomputed seeds) leaves the CAM row out.
     """
     voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
     maps = {name: id_map(split_files, dirs, ".png") for name, dirs in mask_sets.items()}
@@ -513,8 +537,9 @@ def score_seeds(cfg: dict, split_files, mask_sets: dict, cam_h5s, out_json: str)
             d = read_h5(cam_shard[i], i)
             cms["CAM"].update(psa_mod.cam_label_map(d["cam"], d["labels"], thr), gt)
     out = {name: cm.compute() for name, cm in cms.items() if name != "CAM"}
-    out["CAM"] = cms["CAM"].compute()
-    out["CAM"]["bg_threshold"] = thr
+    if cam_h5s:  # no CAM row for precomputed seeds
+        out["CAM"] = cms["CAM"].compute()
+        out["CAM"]["bg_threshold"] = thr
     summary = {k: v["miou"] for k, v in out.items()}
     if counts[0]:
         nd = max(1, int(counts[1]))

@@ -272,3 +272,46 @@ def test_slurm_profile_names_existing_rules(wf):
     rules = {line.split()[0] for line in out.splitlines() if line.strip() and not line[0].isspace()}
     assert {"train_seg", "train_dynamic", "infer"} <= rules
     assert set(prof["set-resources"]) <= rules, set(prof["set-resources"]) - rules
+
+
+def test_precomputed_seeds_from_our_own_psa_export(tiny_run, tmp_path):
+    """Issue 20: the tiny run's PSA seeds, exported as a seed folder (p^K0 shards + m^K0 PNGs) and
+    imported with `seeds.source: precomputed`, give the same m^K0 and m^A0 bit for bit, with no
+    job of the PSA chain; the seg models then start from ImageNet weights."""
+    import shutil
+
+    from ssdd_core.io import load_mask_png
+    from ssdd_core.seed_import import import_seeds
+
+    wf, _ = tiny_run
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    for h5 in (wf / "results" / "psa").glob("*.h5"):
+        shutil.copy(h5, seeds / h5.name)
+    k0 = sorted((wf / "results" / "masks" / "K0").glob("*/*.png"))
+    for png in k0:
+        shutil.copy(png, seeds / png.name)
+    (tmp_path / "wf2").mkdir()
+    wf2 = copy_workflow(tmp_path / "wf2")
+    p = snakemake(wf2, "--cores", "2", "results/seeds.json", "--configfile", "config/tiny.yaml", "--config",
+                  f"seeds={{'source': 'precomputed', 'dir': '{seeds}'}}")
+    out = p.stdout + p.stderr
+    assert "rule import_seeds:" in out and "rule train_static:" in out
+    for rule in ("train_cls", "cam", "aff_labels", "train_aff", "psa"):
+        assert f"rule {rule}:" not in out, rule
+    assert not (wf2 / "results" / "models" / "cls.pt").exists()
+    for m in ("K0", "A0"):
+        assert _tree_bytes(wf2 / "results" / "masks" / m) == _tree_bytes(wf / "results" / "masks" / m), m
+    summary = json.loads((wf2 / "results" / "seeds.json").read_text())["summary"]
+    assert set(summary) == {"K0", "A0", "D0"}  # no CAM row without CAMs
+    # the p^K0 shards alone (no PNGs): m^K0 is their argmax, equal to PSA's up to float16 ties
+    only_h5 = tmp_path / "only_h5"
+    only_h5.mkdir()
+    for h5 in seeds.glob("*.h5"):
+        shutil.copy(h5, only_h5 / h5.name)
+    labels = json.loads((wf / "results" / "labels" / "train.json").read_text())["labels"]
+    ids = [q.stem for q in k0]
+    sizes = {q.stem: load_mask_png(q).shape for q in k0}
+    import_seeds(str(only_h5), ids, labels, sizes.get, str(tmp_path / "p.h5"), str(tmp_path / "K0"))
+    same = sum(int((load_mask_png(tmp_path / "K0" / q.name) == load_mask_png(q)).sum()) for q in k0)
+    assert same / sum(a * b for a, b in sizes.values()) > 0.999

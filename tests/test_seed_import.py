@@ -1,0 +1,135 @@
+"""Precomputed seeds (issue 20): formats, conversion to p^K0 / m^K0, and every refusal."""
+import numpy as np
+import pytest
+from pydensecrf.utils import unary_from_labels
+
+from ssdd_core.io import ArtifactError, H5Writer, load_mask_png, read_h5, save_mask
+from ssdd_core.seed_import import import_seeds, load_seed, probs_from_labels, SeedFolder
+
+
+@pytest.fixture(scope="module")
+def real(sample):
+    """Five real sample ids: image size, image-level labels and the SBD mask (as a seed)."""
+    ids = sample.read_ids("train_aug")[:5]
+    masks = {i: sample.load_mask(i) for i in ids}
+    labels = {i: sorted({int(c) for c in np.unique(m)} - {0, 255}) for i, m in masks.items()}
+    return ids, masks, labels
+
+
+def _size(masks):
+    return lambda i: masks[i].shape
+
+
+def test_png_seeds_import_as_given_with_a_dense_crf_unary(real, tmp_path):
+    ids, masks, labels = real
+    for i in ids:
+        save_mask(tmp_path / "seeds" / f"{i}.png", masks[i])
+    st = import_seeds(str(tmp_path / "seeds"), ids, labels, _size(masks), str(tmp_path / "k0.h5"),
+                      str(tmp_path / "K0"), confidence=0.7)
+    assert st == {"n": 5, "from_png": 5, "from_npy": 0, "from_h5": 0, "extra_class_images": 0}
+    for i in ids:
+        np.testing.assert_array_equal(load_mask_png(tmp_path / "K0" / f"{i}.png"), masks[i])  # bit-identical
+        d = read_h5(tmp_path / "k0.h5", i)
+        assert d["labels"].tolist() == labels[i]
+        # independent reference: pydensecrf's gt_prob unary, -log p, over the present labels
+        idx = np.array([0, *labels[i]]).searchsorted(np.where(masks[i] == 255, 0, masks[i]))
+        ref = unary_from_labels(idx, len(labels[i]) + 1, 0.7, zero_unsure=False)
+        ref[:, (masks[i] == 255).ravel()] = -np.log(1.0 / (len(labels[i]) + 1))
+        np.testing.assert_allclose(-np.log(d["prob"].reshape(len(labels[i]) + 1, -1)), ref, atol=2e-3)
+
+
+def test_probability_seeds_from_npy_and_h5(real, tmp_path):
+    ids, masks, labels = real
+    rng = np.random.default_rng(0)
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    probs = {}
+    for k, i in enumerate(ids):
+        p = rng.random((len(labels[i]) + 1, *masks[i].shape)).astype(np.float32) ** 4
+        probs[i] = p / p.sum(0)
+        if k < 2:
+            np.save(seeds / f"{i}.npy", probs[i])
+    with H5Writer(seeds / "shard.h5") as w:  # the layout of results/psa/*.h5 (float16)
+        for i in ids[2:]:
+            w.add(i, prob=probs[i], labels=np.array(labels[i]))
+    st = import_seeds(str(seeds), ids, labels, _size(masks), str(tmp_path / "k0.h5"), str(tmp_path / "K0"))
+    assert st["from_npy"] == 2 and st["from_h5"] == 3
+    for i in ids:
+        got = read_h5(tmp_path / "k0.h5", i)["prob"]
+        np.testing.assert_allclose(got, probs[i], atol=1e-3)
+        m = load_mask_png(tmp_path / "K0" / f"{i}.png")
+        stored = read_h5(tmp_path / "k0.h5", i)["prob"] if i in ids[2:] else probs[i]
+        np.testing.assert_array_equal(m, np.array([0, *labels[i]], np.uint8)[stored.argmax(0)])
+
+
+@pytest.mark.parametrize("defect, message", [
+    ("size", r"map size \(10, 12\) differs from its image.s"),
+    ("negative", "negative probabilities"),
+    ("nan", "NaN or inf"),
+    ("sum", "do not sum to 1"),
+    ("channels", "channels for background"),
+    ("pickle", "not a plain NPY array"),
+])
+def test_bad_probability_files_name_the_file(real, tmp_path, defect, message):
+    ids, masks, labels = real
+    i = ids[0]
+    n = len(labels[i]) + 1
+    p = np.full((n, *masks[i].shape), 1.0 / n, dtype=np.float32)
+    if defect == "size":
+        p = np.full((n, 10, 12), 1.0 / n, dtype=np.float32)
+    elif defect == "negative":
+        p[0, 0, 0], p[1, 0, 0] = -0.1, p[1, 0, 0] + 0.1
+    elif defect == "nan":
+        p[0, 3, 3] = np.nan
+    elif defect == "sum":
+        p *= 1.2
+    elif defect == "channels":
+        p = np.full((n + 1, *masks[i].shape), 1.0 / (n + 1), dtype=np.float32)
+    (tmp_path / "s").mkdir()
+    if defect == "pickle":
+        np.save(tmp_path / "s" / f"{i}.npy", np.array([{"1": p}], dtype=object), allow_pickle=True)
+    else:
+        np.save(tmp_path / "s" / f"{i}.npy", p)
+    with pytest.raises(ArtifactError, match=message) as e:
+        import_seeds(str(tmp_path / "s"), [i], labels, _size(masks), str(tmp_path / "k0.h5"), str(tmp_path / "K0"))
+    assert f"{i}.npy" in str(e.value)
+    assert not (tmp_path / "k0.h5").exists() and not (tmp_path / "K0").exists()  # nothing written
+
+
+def test_missing_seed_and_bad_labels_are_refused(real, tmp_path):
+    ids, masks, labels = real
+    (tmp_path / "s").mkdir()
+    save_mask(tmp_path / "s" / f"{ids[0]}.png", masks[ids[0]])
+    with pytest.raises(ArtifactError, match=f"no seed for 1 of 2 training ids, e.g. {ids[1]}"):
+        import_seeds(str(tmp_path / "s"), ids[:2], labels, _size(masks), str(tmp_path / "k0.h5"), str(tmp_path / "K0"))
+    bad = masks[ids[0]].copy()
+    bad[0, 0] = 21
+    save_mask(tmp_path / "s" / f"{ids[0]}.png", bad)
+    with pytest.raises(ArtifactError, match=r"labels outside 0..20 and 255: \[21\]"):
+        load_seed(SeedFolder.scan(tmp_path / "s"), ids[0], labels[ids[0]], bad.shape, 0.7)
+    assert not (tmp_path / "k0.h5").exists()
+
+
+def test_a_class_the_image_labels_lack_is_kept_and_counted(real, tmp_path, caplog):
+    ids, masks, labels = real
+    i = ids[0]
+    other = next(c for c in range(1, 21) if c not in labels[i])
+    m = masks[i].copy()
+    m[:5, :5] = other
+    save_mask(tmp_path / "s" / f"{i}.png", m)
+    st = import_seeds(str(tmp_path / "s"), [i], labels, _size(masks), str(tmp_path / "k0.h5"), str(tmp_path / "K0"))
+    assert st["extra_class_images"] == 1 and f"classes [{other}]" in caplog.text
+    np.testing.assert_array_equal(load_mask_png(tmp_path / "K0" / f"{i}.png"), m)
+    assert other in read_h5(tmp_path / "k0.h5", i)["labels"].tolist()
+
+
+def test_probs_from_labels_sums_to_one_and_refuses_bad_confidence():
+    m = np.array([[0, 3, 255], [7, 7, 0]], dtype=np.uint8)
+    p = probs_from_labels(m, [3, 7], 0.8)
+    np.testing.assert_allclose(p.sum(0), 1.0, atol=1e-6)
+    assert p[:, 0, 2].tolist() == pytest.approx([1 / 3] * 3)  # ignore: uniform
+    assert p.argmax(0)[[0, 0, 1], [0, 1, 0]].tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="must lie in"):
+        probs_from_labels(m, [3, 7], 0.3)
+    with pytest.raises(ValueError, match=r"not among the present labels"):
+        probs_from_labels(m, [3], 0.8)
