@@ -170,7 +170,7 @@ def load_seed(folder: SeedFolder, image_id: str, image_labels: Sequence[int], si
         extra |= set(h5_labels) - set(labels)
         labels = h5_labels if not extra else sorted(set(labels) | set(h5_labels))
         prob = _check_probs(d["prob"], where, size, len(h5_labels))
-        if h5_labels != labels:  # image labels the seed has no channel for: probability 0
+        if h5_labels != labels:  # extra classes: the union; image labels without a channel get 0
             full = np.zeros((len(labels) + 1, *size), dtype=np.float32)
             full[[0] + [labels.index(c) + 1 for c in h5_labels]] = prob
             prob = full
