@@ -35,27 +35,44 @@ def test_bad_config_fails_before_any_job(wf, tmp_path, override, message):
     assert not (wf / "results").exists() or not list((wf / "results").rglob("*.pt"))
 
 
-def test_dry_run_10582_ids_under_5s(wf, tmp_path):
+def test_dry_run_10582_ids_costs_under_2_5s_over_snakemake_startup(wf, tmp_path):
+    """The DAG for the full train_aug list stays cheap: the workflow's own CPU time (parsing the
+    rule files, validating the config, resolving 238 jobs) over a one-rule workflow's dry run.
+    Snakemake's startup (imports, executor plugins: ~3.3 s here) is subtracted: it depends on the
+    machine and on which plugins are installed, not on this workflow."""
     root = tmp_path / "VOC"
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)
     (root / "JPEGImages").mkdir()
     ids = [f"2010_{i:06d}" for i in range(10582)]
     (root / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("\n".join(ids))
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids[:1449]))
+    one_rule = tmp_path / "one_rule"
+    one_rule.mkdir()
+    (one_rule / "Snakefile").write_text('rule all:\n    output: "x"\n    shell: "touch {output}"\n')
     import resource
 
     def cpu():
         r = resource.getrusage(resource.RUSAGE_CHILDREN)
         return r.ru_utime + r.ru_stime
 
-    t0, c0 = time.time(), cpu()
-    p = snakemake(wf, "-n", "all", "--configfile", "config/paper.yaml", "--config", f"data={{'root': '{root}'}}",
-                  f"eval={{'root': '{root}'}}")
-    wall, cpu_s = time.time() - t0, cpu() - c0
+    def timed(cwd, *args):
+        t0, c0 = time.time(), cpu()
+        p = snakemake(cwd, *args)
+        return p, cpu() - c0, time.time() - t0
+
+    # CPU time, not wall time: the bound must hold on a busy CI machine too; the best of two
+    # runs each, so a page-cache miss on the first import does not count.
+    startup = min(timed(one_rule, "-n", "--cores", "1")[1] for _ in range(2))
+    runs = [timed(wf, "-n", "all", "--configfile", "config/paper.yaml", "--config", f"data={{'root': '{root}'}}",
+                  f"eval={{'root': '{root}'}}") for _ in range(2)]
+    p = runs[0][0]
     assert "train_dynamic" in p.stdout and "score_seeds" in p.stdout
-    # CPU time, not wall time: the bound must hold on a busy CI machine too.
-    assert cpu_s < 5.0, f"dry run used {cpu_s:.1f} s of CPU ({wall:.1f} s wall)"
-    print(f"dry run, 10,582 ids, paper config (32 shards): {cpu_s:.2f} s CPU, {wall:.2f} s wall")
+    assert "cam                  32" in p.stdout  # 32 shards: the ids are not one job each
+    total = min(r[1] for r in runs)
+    own = total - startup
+    print(f"dry run, 10,582 ids, paper config (32 shards): {total:.2f} s CPU, of which Snakemake's "
+          f"startup {startup:.2f} s, the workflow {own:.2f} s")
+    assert own < 2.5, f"the workflow's dry run used {own:.1f} s of CPU over Snakemake's startup ({startup:.1f} s)"
 
 
 @pytest.fixture(scope="module")
