@@ -6,6 +6,7 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/data.smk"
 include: "rules/psa.smk"
 include: "rules/crf.smk"
 include: "rules/static.smk"

@@ -1,10 +1,10 @@
-# Helpers shared by every rule file: config validation, shard names, input functions.
+# Helpers shared by all rule files (config validation, shard names, input functions).
 import os
 from pathlib import Path
 
 from snakemake.utils import validate
 
-from ssdd_core.config import check_walk_scale, coerce_cli_strings
+from ssdd_core.config import check_walk_scale, coerce_cli_strings, cuda_visible
 
 # `--config crf='{"bi_w": 5}'` arrives as strings: convert to the schema's types, then validate.
 coerce_cli_strings(config, workflow.source_path("../config/config.schema.yaml"))
@@ -30,18 +30,10 @@ def classifier_input(wildcards=None) -> dict:
 
 
 
-def _gpu_visible() -> bool:
-    """A CUDA device node or a non-empty CUDA_VISIBLE_DEVICES (cheap: no torch import)."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return env.strip() not in ("", "-1")
-    return any(Path("/dev").glob("nvidia[0-9]*"))
-
-
 # Rules that run on the device claim `gpu` (the default profile allows gpu=1, so they take
 # turns on one GPU). On a CPU-only machine they claim none, so 1-thread shards (infer) run
 # side by side; 2-thread training rules still take the 2 cores one at a time.
-DEVICE_GPU = 1 if config["device"] == "cuda" or (config["device"] == "auto" and _gpu_visible()) else 0
+DEVICE_GPU = 1 if config["device"] == "cuda" or (config["device"] == "auto" and cuda_visible()) else 0
 
 
 def shards(pattern, **kw):
@@ -83,31 +75,17 @@ wildcard_constraints:
     rep=REP,
 
 
-rule split_ids:
-    """Split the training (train) or evaluation (eval) id list into shards."""
-    output:
-        shards("results/splits/{{set}}/{shard}.txt"),
-    params:
-        source=lambda w: (
-            {"root": config["data"]["root"], "split": config["data"]["train_split"]}
-            if w.set == "train"
-            else {"root": config["eval"]["root"], "split": config["eval"]["split"]}
-        ),
-    log:
-        "logs/split_ids/{set}.log",
-    script:
-        "../workflow_scripts/split_ids.py"
+def scored_model(tag: str) -> str:
+    """The model a score file is of: miou.json is the SSDD (dynamic) model, miou_baseline.json
+    the static-only row on config `baseline.mask`, miou_<model>.json that model; a run suffix
+    "-r<r>" goes with it (miou-r1.json = dynamic-r1)."""
+    name, _, r = tag.partition("-r")
+    base = {"": "dynamic", "_baseline": f"seg_{config['baseline']['mask']}"}.get(name, name.lstrip("_"))
+    return base + (f"-r{r}" if r else "")
 
 
-rule image_labels:
-    """Image-level labels of the training ids, from Annotations/ XML or the training masks."""
-    input:
-        shards("results/splits/train/{shard}.txt"),
-    output:
-        "results/labels/train.json",
-    params:
-        data=config["data"],
-    log:
-        "logs/image_labels.log",
-    script:
-        "../workflow_scripts/image_labels.py"
+def sweep_cfg(w, keys):
+    """The config blocks ``keys`` with the CRF bilateral weight of sweep point ``w.w``."""
+    c = {k: config[k] for k in keys}
+    c["crf"] = {**config["crf"], "bi_w": float(w.w)}
+    return c

@@ -22,15 +22,6 @@ rule infer:
         "../workflow_scripts/infer.py"
 
 
-def scored_model(tag: str) -> str:
-    """The model a score file is of: miou.json is the SSDD (dynamic) model, miou_baseline.json
-    the static-only row on config `baseline.mask`, miou_<model>.json that model; a run suffix
-    "-r<r>" goes with it (miou-r1.json = dynamic-r1)."""
-    name, _, r = tag.partition("-r")
-    base = {"": "dynamic", "_baseline": f"seg_{config['baseline']['mask']}"}.get(name, name.lstrip("_"))
-    return base + (f"-r{r}" if r else "")
-
-
 rule score:
     """mIoU on the eval split of the SSDD model (miou.json), the baseline (miou_baseline.json), the
     static model or a static-only row (miou_static.json, miou_seg_{K0,A0,D0}.json), per run."""

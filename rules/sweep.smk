@@ -2,12 +2,6 @@
 # CRF → static training → integration chain on the same PSA artifacts, then a table of A0 / D0.
 
 
-def _sweep_cfg(w, keys):
-    c = {k: config[k] for k in keys}
-    c["crf"] = {**config["crf"], "bi_w": float(w.w)}
-    return c
-
-
 SW = "results/sweep/crf_bi{w}"
 SWE = "results/sweep/crf_bi{{w}}"  # the same inside expand()
 
@@ -18,10 +12,10 @@ wildcard_constraints:
 
 use rule crf as sweep_crf with:
     output:
-        probs=SW + "/crf/{shard}.h5",
-        masks=directory(SW + "/masks/A0/{shard}"),
+        probs=f"{SW}/crf/{{shard}}.h5",
+        masks=directory(f"{SW}/masks/A0/{{shard}}"),
     params:
-        cfg=lambda w: _sweep_cfg(w, ("data", "crf")),
+        cfg=lambda w: sweep_cfg(w, ("data", "crf")),
     log:
         "logs/sweep/crf_bi{w}/crf/{shard}.log",
     benchmark:
@@ -34,9 +28,9 @@ use rule train_static as sweep_train_static with:
         labels="results/labels/train.json",
         ids=shards("results/splits/train/{shard}.txt"),
         k0=shards("results/masks/K0/{shard}"),
-        a0=shards(SWE + "/masks/A0/{shard}"),
+        a0=shards(f"{SWE}/masks/A0/{{shard}}"),
     output:
-        SW + "/models/static.pt",
+        f"{SW}/models/static.pt",
     log:
         "logs/sweep/crf_bi{w}/train_static.log",
     benchmark:
@@ -45,14 +39,14 @@ use rule train_static as sweep_train_static with:
 
 use rule integrate as sweep_integrate with:
     input:
-        model=SW + "/models/static.pt",
+        model=f"{SW}/models/static.pt",
         labels="results/labels/train.json",
         ids="results/splits/train/{shard}.txt",
         k0="results/masks/K0/{shard}",
-        a0=SW + "/masks/A0/{shard}",
+        a0=f"{SW}/masks/A0/{{shard}}",
     output:
-        masks=directory(SW + "/masks/D0/{shard}"),
-        dd=SW + "/dd0/{shard}.h5",
+        masks=directory(f"{SW}/masks/D0/{{shard}}"),
+        dd=f"{SW}/dd0/{{shard}}.h5",
     log:
         "logs/sweep/crf_bi{w}/integrate/{shard}.log",
     benchmark:
@@ -64,10 +58,10 @@ use rule score_seeds as sweep_score_seeds with:
         ids=shards("results/splits/train/{shard}.txt"),
         cam=shards("results/cam/{shard}.h5"),
         K0=shards("results/masks/K0/{shard}"),
-        A0=shards(SWE + "/masks/A0/{shard}"),
-        D0=shards(SWE + "/masks/D0/{shard}"),
+        A0=shards(f"{SWE}/masks/A0/{{shard}}"),
+        D0=shards(f"{SWE}/masks/D0/{{shard}}"),
     output:
-        SW + "/seeds.json",
+        f"{SW}/seeds.json",
     log:
         "logs/sweep/crf_bi{w}/score_seeds.log",
 
@@ -75,7 +69,7 @@ use rule score_seeds as sweep_score_seeds with:
 rule sweep_table:
     """results/sweep/crf.json: K0, A0 and D0 train mIoU per CRF bilateral weight."""
     input:
-        expand(SW + "/seeds.json", w=config.get("sweep", {}).get("crf_bi_w", [])),
+        expand(f"{SW}/seeds.json", w=config.get("sweep", {}).get("crf_bi_w", [])),
     output:
         "results/sweep/crf.json",
     params:

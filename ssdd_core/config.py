@@ -1,6 +1,7 @@
 """Config helpers that do not depend on Snakemake."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -88,3 +89,13 @@ def check_walk_scale(long_side: int, crop: int, scale_range: Sequence[float], wh
     return (f"the random walk runs at a long side of {long_side} px{what}, but AffinityNet was trained on "
             f"long sides of {lo:.0f}-{hi:.0f} px (aff.crop x aff.scale_range): set psa.walk_long_side "
             f"inside that range (or train AffinityNet at the walk's scale)")
+
+
+def cuda_visible() -> bool:
+    """Whether this host shows a CUDA device, without importing torch (it takes seconds): a
+    non-empty ``CUDA_VISIBLE_DEVICES`` other than ``-1``, else an ``/dev/nvidia<N>`` device node.
+    The workflow uses it to decide whether ``device: auto`` rules claim the ``gpu`` resource."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return env.strip() not in ("", "-1")
+    return any(Path("/dev").glob("nvidia[0-9]*"))

@@ -229,10 +229,9 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def color_jitter(img: np.ndarray, rng: random.Random, strength: float = 0.3) -> np.ndarray:
     """Random brightness / contrast / saturation jitter (torchvision ColorJitter) on uint8 HWC."""
-    from torchvision.transforms import ColorJitter
-
     # torchvision draws from torch's RNG: seed it from ``rng`` so runs are reproducible.
     import torch
+    from torchvision.transforms import ColorJitter
 
     g = torch.random.get_rng_state()
     torch.manual_seed(rng.randrange(2**31))

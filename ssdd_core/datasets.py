@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .data import (IGNORE, VOCRoot, color_jitter, crop_array, normalize, random_crop_params, resize_image,
-                   resize_mask)
+from .data import IGNORE, VOCRoot, color_jitter, crop_array, normalize, random_crop_params, resize_image, resize_mask
 from .io import load_mask_png, read_h5
 from .psa import labels_from_scores
 

@@ -38,7 +38,9 @@ def static_integrate(model, img: np.ndarray, m_k: np.ndarray, m_a: np.ndarray, l
     ma = torch.from_numpy(resize_mask(m_a, tuple(dd)).astype(np.int64))[None].to(device)
     d_k = model.dd("d0", out, "base", mk)
     d_a = model.dd("d0", out, "base", ma)
-    up = lambda t: F.interpolate(t[None], (h, w), mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
+    def up(t):
+        return F.interpolate(t[None], (h, w), mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
+
     d_k, d_a = up(d_k), up(d_a)
     flags = ssdd.bad_class_flags(m_k, m_a, labels, flag_ratio)
     md = ssdd.integrate(d_k, d_a, m_k.astype(np.int64), m_a.astype(np.int64), flags,

@@ -116,7 +116,9 @@ def gallery(train_voc: VOCRoot, train_rows: Sequence[dict], eval_voc: VOCRoot, e
     ncol = 7
     n = len(train_rows) + len(eval_rows)
     fig, axes = plt.subplots(n, ncol, figsize=(1.9 * ncol, 1.5 * n), squeeze=False)
-    sig = lambda z: 1 / (1 + np.exp(-z))
+    def sig(z):
+        return 1 / (1 + np.exp(-z))
+
     for r, row in enumerate(train_rows):
         i = row["id"]
         dd = read_h5(row["dd"], i)
@@ -273,8 +275,12 @@ def ablation_table(rows: Mapping[str, Sequence[str]], out_md: str, out_json: str
             "gain_within_std": None if gs is None else bool(abs(gm) <= gs),
             "iou_mean": [None if np.isnan(c).all() else float(np.nanmean(c)) for c in iou.T],
         }
-    pct = lambda v: "–" if v is None else f"{100 * v:.1f}"
-    pm = lambda m, s: pct(m) + ("" if s is None else f" ± {pct(s)}")
+    def pct(v):
+        return "–" if v is None else f"{100 * v:.1f}"
+
+    def pm(m, s):
+        return pct(m) + ("" if s is None else f" ± {pct(s)}")
+
     lines = [f"# Ablation on {split} ({n_images} images, {out['runs']} run(s) per row)", "",
              f"mIoU over the classes in GT; mean ± sample std over runs; gain = row − {ref} per run "
              "(same seed), mean ± std.", "",

@@ -20,13 +20,33 @@ from .crf import CRFParams, dense_crf
 from .data import VOCRoot, image_label_table
 from .datasets import AffDataset, ClsDataset, SegDataset
 from .infer import predict, static_integrate
-from .io import (ArtifactError, H5Writer, atomic_dir, load_checkpoint, load_mask_png, read_h5, read_h5_ids, read_json,
-                 save_mask, write_json)
+from .io import (
+    ArtifactError,
+    H5Writer,
+    atomic_dir,
+    load_checkpoint,
+    load_mask_png,
+    read_h5,
+    read_h5_ids,
+    read_json,
+    save_mask,
+    write_json,
+)
 from .metrics import ConfusionMatrix
 from .models.backbones import build_backbone, freeze_stem
 from .models.nets import AffinityNet, Classifier, SegModel
-from .train import (InLoopCRF, aff_step, cls_step, config_hash, fit, make_baseline_step, make_dynamic_step,
-                    make_static_step, pick_device, seed_everything)
+from .train import (
+    InLoopCRF,
+    aff_step,
+    cls_step,
+    config_hash,
+    fit,
+    make_baseline_step,
+    make_dynamic_step,
+    make_static_step,
+    pick_device,
+    seed_everything,
+)
 
 log = logging.getLogger("ssdd")
 
@@ -37,7 +57,7 @@ def _bar(it, desc, logger=log, total=None):
 
 
 def read_shard_ids(path) -> list[str]:
-    return [l.strip() for l in Path(path).read_text().splitlines() if l.strip()]
+    return [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
 
 
 def id_map(split_files: Sequence[str], dirs_or_files: Sequence[str], suffix: str = "") -> dict[str, str]:
@@ -114,7 +134,8 @@ def train_cls(cfg: dict, labels_json: str, out: str, threads: int = 2) -> dict:
     ds = ClsDataset(voc, sorted(labels), labels, c["crop"], seed=cfg["seed"], scale_range=tuple(c["scale_range"]))
     return fit(model, ds, cls_step, out, epochs=c["epochs"], batch_size=c["batch"], lr=c["lr"],
                weight_decay=c["weight_decay"], schedule="poly", device=device, seed=cfg["seed"], threads=threads,
-               nan_policy=cfg["nan_policy"], resume_key=config_hash([c, cfg["model"], cfg["data"], cfg["seed"], files_key([labels_json])]),
+               nan_policy=cfg["nan_policy"],
+               resume_key=config_hash([c, cfg["model"], cfg["data"], cfg["seed"], files_key([labels_json])]),
                amp=cfg["amp"], max_steps=c.get("max_steps"), logger=log)
 
 
@@ -400,8 +421,8 @@ def train_dynamic(cfg, cls_pt: str | None, labels_json, split_files, d0_dirs, ou
                     resize_range=tuple(d["resize_range"]), dd_stride=cfg["seg"]["dd_stride"])
     incrf = inloop_crf(cfg, threads)
     try:
-        res = _seg_train(cfg, d, model, ds, make_dynamic_step(cfg["seg"]["seg_loss"], incrf, d, d["alpha"],
-                                                              d["flag_ratio"], d["warmup_epochs"]), out, threads, device,
+        step = make_dynamic_step(cfg["seg"]["seg_loss"], incrf, d, d["alpha"], d["flag_ratio"], d["warmup_epochs"])
+        res = _seg_train(cfg, d, model, ds, step, out, threads, device,
                          [cfg["crf"], files_key([*_given(cls_pt), *d0_dirs])])
     finally:
         incrf.close()
@@ -560,7 +581,9 @@ def table1(miou_json: str, baseline_json: str, out_md: str) -> str:
     from .io import atomic_path
 
     s, b = read_json(miou_json), read_json(baseline_json)
-    fmt = lambda v: "–" if v is None else f"{100 * v:.1f}"
+    def fmt(v):
+        return "–" if v is None else f"{100 * v:.1f}"
+
     rows = ["| class | baseline | SSDD | gain |", "| --- | ---: | ---: | ---: |"]
     for c, name in enumerate(CLASS_NAMES):
         bi, si = b["iou"][c], s["iou"][c]

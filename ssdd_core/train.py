@@ -99,7 +99,8 @@ def fit(model, dataset, step_fn: Callable, out_path: str, *, epochs: int, batch_
     opt = make_optimizer(model, lr, weight_decay)
     loader_kw = dict(batch_size=batch_size, shuffle=False, drop_last=len(dataset) >= batch_size,
                      num_workers=threads if device.type == "cuda" else 0, pin_memory=device.type == "cuda")
-    steps_per_epoch = max(1, len(dataset) // batch_size if loader_kw["drop_last"] else math.ceil(len(dataset) / batch_size))
+    n = len(dataset)
+    steps_per_epoch = max(1, n // batch_size if loader_kw["drop_last"] else math.ceil(n / batch_size))
     total = steps_per_epoch * epochs
     resume_path = Path(str(out_path) + ".resume")
     start_epoch, step, history, skipped = 0, 0, [], 0
@@ -252,7 +253,8 @@ def make_static_step(loss_kind: str, flag_ratio: float = 0.5):
         dk = model.dd("d0", out, "base", mk)
         da = model.dd("d0", out, "base", ma)
         l_diff = (ssdd.difference_loss(dk, target, valid, keep) + ssdd.difference_loss(da, target, valid, keep)) / 2
-        return l_seg + l_diff, {"seg": float(l_seg.detach()), "diff": float(l_diff.detach()), "kept": float(keep.float().mean())}
+        return l_seg + l_diff, {"seg": float(l_seg.detach()), "diff": float(l_diff.detach()),
+                                "kept": float(keep.float().mean())}
 
     return step
 
@@ -366,7 +368,8 @@ def make_dynamic_step(loss_kind: str, crf: InLoopCRF, biases: dict, alpha: float
         l_diff = (ssdd.difference_loss(dk1, t1, v1, keep1) + ssdd.difference_loss(da1, t1, v1, keep1)
                   + ssdd.difference_loss(dd0, t20, v20) + ssdd.difference_loss(dd1, t21, v21)) / 4
         agree = float(((md2 == md0) | (md0 == 255)).float().mean())
-        return l_main + l_sub + l_diff, {"main": float(l_main.detach()), "sub": float(l_sub.detach()), "diff": float(l_diff.detach()),
-                                         "d2_eq_d0": agree, "kept1": float(keep1.float().mean()), "warmup": float(warm)}
+        return l_main + l_sub + l_diff, {"main": float(l_main.detach()), "sub": float(l_sub.detach()),
+                                         "diff": float(l_diff.detach()), "d2_eq_d0": agree,
+                                         "kept1": float(keep1.float().mean()), "warmup": float(warm)}
 
     return step

@@ -92,6 +92,7 @@ def test_empty_label_set_is_skipped_with_warning(tmp_path, caplog):
 
 def test_truncated_checkpoint(tmp_path):
     import torch
+
     from ssdd_core.io import load_checkpoint, save_checkpoint
 
     save_checkpoint(tmp_path / "c.pt", {"w": torch.ones(100)})
@@ -190,6 +191,7 @@ def test_label_table_checks_files_first(tmp_path, sample):
 
 def test_cli_config_strings_are_coerced_by_schema():
     from pathlib import Path
+
     from ssdd_core.config import coerce_cli_strings
 
     schema = Path(__file__).resolve().parents[1] / "config" / "config.schema.yaml"
@@ -217,6 +219,7 @@ def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path):
 
 def test_artifacts_get_the_usual_permissions(tmp_path):
     import os
+
     from ssdd_core.io import atomic_dir, write_json
 
     old = os.umask(0o022)

@@ -4,7 +4,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import copy_workflow, snakemake
 
 
@@ -188,7 +187,7 @@ def test_kill_mid_shard_then_rerun_is_identical(tiny_run):
     a0 = wf / "results" / "masks" / "A0"
     before = _tree_bytes(a0)
     killed = False
-    for attempt in range(3):
+    for _attempt in range(3):
         proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "1", "results/masks/A0/000",
                                  "--configfile", "config/tiny.yaml", "-R", "crf"], cwd=wf,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

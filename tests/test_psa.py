@@ -80,9 +80,9 @@ def test_shipped_configs_walk_at_affinitynets_training_scale(configfile):
     config (the old configs walked at the image's own ~500 px after training at 192-288 px),
     and a scale far from it is refused with a message naming the keys."""
     import yaml
+    from conftest import REPO
     from snakemake.utils import update_config
 
-    from conftest import REPO
     from ssdd_core.config import check_walk_scale, walk_scale_range
 
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -106,7 +106,9 @@ def test_crf_valid_and_changes_input(real):
     assert q.shape == probs.shape and np.allclose(q.sum(0), 1, atol=1e-4) and q.min() >= 0
     assert np.abs(q - probs).mean() > 0.05
     # noisy label maps get smoother: fewer label changes between neighbours
-    edges = lambda m: (m[1:] != m[:-1]).sum() + (m[:, 1:] != m[:, :-1]).sum()
+    def edges(m):
+        return (m[1:] != m[:-1]).sum() + (m[:, 1:] != m[:, :-1]).sum()
+
     assert edges(q.argmax(0)) < edges(probs.argmax(0)) / 2
     with pytest.raises(ValueError, match="probs"):
         dense_crf(img, probs[:, :10], CRFParams())

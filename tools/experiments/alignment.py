@@ -30,7 +30,7 @@ def main():
     voc = VOCRoot(REPO / "data" / "voc12_sample", "SegmentationClassAug")
     for os_ in (32, 16, 8):
         bb = B.build_backbone("efficientnet_lite0", os_).eval()
-        shifts = [round(flip_shift(lambda t: bb(t)["out"], x, os_), 1) for x in _real_crops(voc, 3, 320)]
+        shifts = [round(flip_shift(lambda t, bb=bb: bb(t)["out"], x, os_), 1) for x in _real_crops(voc, 3, 320)]
         print(f"efficientnet_lite0 output stride {os_}: flip shifts (px, x) {shifts}", flush=True)
     x = _real_crops(voc, 1, 512)[0]
     for name, os_ in CONVERSIONS:

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config_files import merged_config  # noqa: E402
 from dd_diagnostics import dd_auc  # noqa: E402
+
 from ssdd_core import stages  # noqa: E402
 from ssdd_core.io import read_json  # noqa: E402
 

@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 from config_files import merged_config  # noqa: E402
+
 from ssdd_core import psa as psa_mod  # noqa: E402
 from ssdd_core.io import load_mask_png, read_h5, read_h5_ids, read_json, save_mask  # noqa: E402
 

@@ -30,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config_files import merged_config  # noqa: E402
+
 from ssdd_core import psa, stages  # noqa: E402
 from ssdd_core.data import VOCRoot  # noqa: E402
 from ssdd_core.io import read_json  # noqa: E402
