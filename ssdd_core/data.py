@@ -228,15 +228,29 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def color_jitter(img: np.ndarray, rng: random.Random, strength: float = 0.3) -> np.ndarray:
-    """Random brightness / contrast / saturation jitter (torchvision ColorJitter) on uint8 HWC."""
-    # torchvision draws from torch's RNG: seed it from ``rng`` so runs are reproducible.
-    import torch
-    from torchvision.transforms import ColorJitter
+    """Random brightness / contrast / saturation jitter on a uint8 (H, W, 3) image.
 
-    g = torch.random.get_rng_state()
-    torch.manual_seed(rng.randrange(2**31))
-    out = ColorJitter(brightness=strength, contrast=strength, saturation=strength)(Image.fromarray(img))
-    torch.random.set_rng_state(g)
+    The factors (uniform in [1 − strength, 1 + strength]) and their order are drawn as
+    torchvision's ``ColorJitter(strength, strength, strength)`` draws them, but from a private
+    generator seeded from the per-sample ``rng``: the global torch RNG is neither read nor
+    changed, and a run gives the same crops whatever else draws from torch. Applied with
+    torchvision's functional ``adjust_*`` (PSA's training augmentation).
+
+    Returns:
+        (H, W, 3) uint8.
+    """
+    import torch
+    from torchvision.transforms import functional as TF
+
+    g = torch.Generator().manual_seed(rng.randrange(2**31))
+    order = torch.randperm(4, generator=g).tolist()
+    lo, hi = max(0.0, 1 - strength), 1 + strength
+    factors = [float(torch.empty(1).uniform_(lo, hi, generator=g)) for _ in range(3)]  # b, c, s
+    adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
+    out = Image.fromarray(img)
+    for k in order:
+        if k < 3:  # 3 is hue, not jittered
+            out = adjust[k](out, factors[k])
     return np.asarray(out)
 
 

@@ -14,6 +14,21 @@ from .data import normalize, resize_image, resize_mask
 from .models.backbones import resample_grid
 
 
+def upsample_dd(d: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """A DD-Net logit map on its grid, (h', w') (DESIGN §3.4), resized bilinearly
+    (``align_corners=False``) to an image's ``size`` = (H, W): how :func:`static_integrate`
+    brings d^K0 / d^A0 to the image, and how readers of ``results/dd0/*.h5`` (which keeps the
+    grid) get the map it integrated with. A map already of ``size`` is returned as it is.
+
+    Returns:
+        (H, W) float32.
+    """
+    t = torch.as_tensor(np.asarray(d, dtype=np.float32) if not torch.is_tensor(d) else d).float()
+    if tuple(t.shape[-2:]) == tuple(size):
+        return t.reshape(size).cpu().numpy()
+    return F.interpolate(t.reshape(1, 1, *t.shape[-2:]), size, mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
+
+
 @torch.no_grad()
 def static_integrate(model, img: np.ndarray, m_k: np.ndarray, m_a: np.ndarray, labels: Sequence[int],
                      size: int, biases: dict, flag_ratio: float = 0.5, device="cpu") -> dict:
@@ -28,7 +43,8 @@ def static_integrate(model, img: np.ndarray, m_k: np.ndarray, m_a: np.ndarray, l
         img: (H, W, 3) uint8; m_k, m_a: (H, W) uint8 m^K0, m^A0.
         labels: foreground image labels.
     Returns:
-        dict: ``mask`` (H, W) uint8 m^D0, ``d_k`` / ``d_a`` (H, W) float32 logits, ``flags`` (21,) bool.
+        dict: ``mask`` (H, W) uint8 m^D0, ``d_k`` / ``d_a`` (h', w') float32 logits on the DD
+        grid (:func:`upsample_dd` gives the (H, W) maps integrated), ``flags`` (21,) bool.
     """
     h, w = img.shape[:2]
     x = torch.from_numpy(normalize(resize_image(img, (size, size))))[None].to(device)
@@ -38,14 +54,11 @@ def static_integrate(model, img: np.ndarray, m_k: np.ndarray, m_a: np.ndarray, l
     ma = torch.from_numpy(resize_mask(m_a, tuple(dd)).astype(np.int64))[None].to(device)
     d_k = model.dd("d0", out, "base", mk)
     d_a = model.dd("d0", out, "base", ma)
-    def up(t):
-        return F.interpolate(t[None], (h, w), mode="bilinear", align_corners=False)[0, 0].cpu().numpy()
-
-    d_k, d_a = up(d_k), up(d_a)
+    grid_k, grid_a = d_k[0].cpu().numpy(), d_a[0].cpu().numpy()
     flags = ssdd.bad_class_flags(m_k, m_a, labels, flag_ratio)
-    md = ssdd.integrate(d_k, d_a, m_k.astype(np.int64), m_a.astype(np.int64), flags,
-                        biases["b_dd"], biases["b_class"], biases["b_bg"]).astype(np.uint8)
-    return {"mask": md, "d_k": d_k.astype(np.float32), "d_a": d_a.astype(np.float32), "flags": flags}
+    md = ssdd.integrate(upsample_dd(d_k[0], (h, w)), upsample_dd(d_a[0], (h, w)), m_k.astype(np.int64),
+                        m_a.astype(np.int64), flags, biases["b_dd"], biases["b_class"], biases["b_bg"]).astype(np.uint8)
+    return {"mask": md, "d_k": grid_k.astype(np.float32), "d_a": grid_a.astype(np.float32), "flags": flags}
 
 
 @torch.no_grad()

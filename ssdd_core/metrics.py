@@ -70,29 +70,3 @@ class ConfusionMatrix:
             "classes_in_gt": in_gt,
             "n_images": self.n_images,
         }
-
-
-def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float | None:
-    """Area under the ROC curve of ``scores`` for the boolean ``positive`` (ties count half).
-
-    Used to ask whether a DD-Net's output ranks the pixels where a mask is wrong above
-    those where it is right. Returns None when either class is empty.
-
-    Args:
-        scores: (N,) float; positive: (N,) bool.
-    Returns:
-        AUC in [0, 1] (0.5 = no better than chance) or None.
-    """
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    y = np.asarray(positive, dtype=bool).ravel()
-    npos, nneg = int(y.sum()), int((~y).sum())
-    if npos == 0 or nneg == 0:
-        return None
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    ss = s[order]
-    # average ranks over ties (1-based)
-    uniq, start, counts = np.unique(ss, return_index=True, return_counts=True)
-    avg = start + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[y].sum() - npos * (npos + 1) / 2.0) / (npos * nneg))

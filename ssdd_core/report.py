@@ -112,6 +112,8 @@ def gallery(train_voc: VOCRoot, train_rows: Sequence[dict], eval_voc: VOCRoot, e
         eval_rows: dicts with ``id`` and prediction PNGs ``baseline``, ``ssdd``: columns
             image | baseline | SSDD | GT.
     """
+    from .infer import upsample_dd  # torch: only the gallery needs it
+
     plt = _plt()
     ncol = 7
     n = len(train_rows) + len(eval_rows)
@@ -122,9 +124,10 @@ def gallery(train_voc: VOCRoot, train_rows: Sequence[dict], eval_voc: VOCRoot, e
     for r, row in enumerate(train_rows):
         i = row["id"]
         dd = read_h5(row["dd"], i)
-        cols = [("image", train_voc.load_image(i)), ("m^K0", _color(load_mask_png(row["K0"]))),
-                ("m^A0", _color(load_mask_png(row["A0"]))), ("σ(d^K0)", sig(dd["d_k"])),
-                ("σ(d^A0)", sig(dd["d_a"])), ("m^D0", _color(load_mask_png(row["D0"]))),
+        mk = load_mask_png(row["K0"])
+        cols = [("image", train_voc.load_image(i)), ("m^K0", _color(mk)),
+                ("m^A0", _color(load_mask_png(row["A0"]))), ("σ(d^K0)", sig(upsample_dd(dd["d_k"], mk.shape))),
+                ("σ(d^A0)", sig(upsample_dd(dd["d_a"], mk.shape))), ("m^D0", _color(load_mask_png(row["D0"]))),
                 ("GT (train)", _color(train_voc.load_mask(i)))]
         for c, (title, im) in enumerate(cols):
             ax = axes[r, c]

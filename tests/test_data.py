@@ -232,3 +232,67 @@ def test_artifacts_get_the_usual_permissions(tmp_path):
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "d" / "m.png").stat().st_mode & 0o777 == 0o644
+
+
+def test_color_jitter_draws_as_torchvision_and_leaves_the_global_rng(sample):
+    import random
+
+    import torch
+    from torchvision.transforms import ColorJitter
+
+    from ssdd_core.data import color_jitter
+
+    img = sample.load_image(sample.read_ids("train_aug")[0])
+    for k in range(4):
+        seed = random.Random(k).randrange(2**31)
+        torch.manual_seed(seed)  # the reference draws from the global RNG
+        ref = np.asarray(ColorJitter(0.3, 0.3, 0.3)(Image.fromarray(img)))
+        torch.manual_seed(123)
+        before = torch.random.get_rng_state()
+        out = color_jitter(img, random.Random(k), 0.3)
+        assert torch.equal(torch.random.get_rng_state(), before)
+        assert out.dtype == np.uint8 and np.array_equal(out, ref)
+    assert not np.array_equal(color_jitter(img, random.Random(0)), color_jitter(img, random.Random(1)))
+
+
+def test_seg_crops_keep_image_and_masks_aligned(tmp_path, sample):
+    """A mask made from the image itself (bright red pixels) must still match the image after
+    the random resize, flip and crop, at the crop and at the DD resolution; a mask of the
+    mirrored image must not."""
+    from ssdd_core.datasets import SegDataset
+    from ssdd_core.io import save_mask
+
+    ids = sample.read_ids("train_aug")[:6]
+    paths, mirrored = {}, {}
+    for i in ids:
+        img = sample.load_image(i).astype(np.int32)
+        m = ((img[..., 0] > img[..., 1] + 20) & (img[..., 0] > 100)).astype(np.uint8)
+        paths[i], mirrored[i] = tmp_path / f"{i}.png", tmp_path / f"{i}_m.png"
+        save_mask(paths[i], m)
+        save_mask(mirrored[i], np.ascontiguousarray(m[:, ::-1]))
+    ds = SegDataset(sample, ids, {i: [1] for i in ids}, 96, seed=3, jitter=0.0,
+                    masks={"M": paths, "F": mirrored}, resize_range=(1.0, 1.7), dd_stride=4)
+    agree, agree_mirrored = [], []
+    for k in range(len(ids)):
+        for epoch in range(3):
+            ds.set_epoch(epoch)
+            it = ds[k]
+            im = it["img_dd"].numpy().astype(np.int32)
+            red = (im[..., 0] > im[..., 1] + 20) & (im[..., 0] > 100)
+            m, f = it["M"].numpy(), it["F"].numpy()
+            ok = m != 255
+            assert np.array_equal(ok, f != 255)
+            if red[ok].any() and (~red[ok]).any():
+                agree.append((red == (m == 1))[ok].mean())
+                agree_mirrored.append((red == (f == 1))[ok].mean())
+            assert torch_equal(ds[k]["img"], it["img"])  # draws are per (seed, epoch, index)
+    assert len(agree) >= 6
+    print(f"agreement {np.mean(agree):.3f}, with the mirrored mask {np.mean(agree_mirrored):.3f}")
+    assert np.mean(agree) > 0.93, agree
+    assert np.mean(agree) - np.mean(agree_mirrored) > 0.05, (agree, agree_mirrored)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)

@@ -102,6 +102,20 @@ def test_tiny_end_to_end(tiny_run):
     assert len({int(v) for p in preds for v in np.unique(p)}) >= 2, "predictions are constant"
     k0 = sorted((wf / "results" / "masks" / "K0").glob("*/*.png"))
     assert len(k0) == 12
+    # dd0 keeps d^K0 / d^A0 on the DD grid (crop / 4), and they give back the m^D0 integrated
+    from ssdd_core import ssdd
+    from ssdd_core.infer import upsample_dd
+    from ssdd_core.io import read_h5, read_h5_ids
+
+    h5 = wf / "results" / "dd0" / "000.h5"
+    i = read_h5_ids(h5)[0]
+    d = read_h5(h5, i)
+    assert d["d_k"].shape == d["d_a"].shape == (24, 24)
+    mk, ma = (load_mask_png(wf / "results" / "masks" / m / "000" / f"{i}.png") for m in ("K0", "A0"))
+    md = load_mask_png(wf / "results" / "masks" / "D0" / "000" / f"{i}.png")
+    again = ssdd.integrate(upsample_dd(d["d_k"], mk.shape), upsample_dd(d["d_a"], mk.shape), mk.astype(np.int64),
+                           ma.astype(np.int64), d["flags"].astype(bool), 0.1, 1.0, 0.1)
+    assert (again == md).mean() > 0.999  # float16 storage may flip a tie
     # each training rule logged per-epoch losses; benchmarks recorded
     assert "epoch 1/1:" in (wf / "logs" / "train_static.log").read_text()
     assert (wf / "benchmarks" / "train_dynamic.tsv").exists()

@@ -137,3 +137,28 @@ def test_affinity_labels_at_half_scale_match_full_scale(sample):
     assert len(set(labs[0.5].unique().tolist())) >= 2  # not a degenerate all-unknown map
     with pytest.raises(ValueError, match="scale"):
         psa.affinity_label_scores(img, cam, 4, CRFParams(), 0.0)
+
+
+@pytest.mark.parametrize("radius, beta", [(3, 1.0), (5, 8.0)])
+def test_transition_matrix_matches_a_dense_reference(radius, beta):
+    """T = D⁻¹ A^β from a dense N×N computation written from the definition (PSA Eq. 3 / 9):
+    a_ij = exp(−mean_k |f_ik − f_jk|) for the pixel pairs at Euclidean distance < radius, 1 on the
+    diagonal; and 2^logt walk steps with the sparse T equal the dense matrix power."""
+    g = torch.Generator().manual_seed(0)
+    h, w, d = 7, 9, 4
+    feat = torch.rand(1, d, h, w, generator=g) * 2
+    f = feat[0].reshape(d, -1).t().double()  # (N, D)
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    pos = torch.stack([yy.flatten(), xx.flatten()], 1).double()
+    dist2 = ((pos[:, None] - pos[None]) ** 2).sum(-1)
+    a = torch.exp(-(f[:, None] - f[None]).abs().mean(-1))
+    a = torch.where(dist2 < radius ** 2, a, torch.zeros_like(a)) ** beta
+    a.fill_diagonal_(1.0)
+    ref = a / a.sum(1, keepdim=True)
+    T = psa.transition_matrix(feat, radius=radius, beta=beta)
+    assert torch.allclose(T.to_dense().double(), ref, atol=1e-6)
+    x = torch.rand(h * w, 3, generator=g)
+    y = x.clone()
+    for _ in range(2 ** 3):
+        y = T @ y
+    assert torch.allclose(y.double(), torch.linalg.matrix_power(ref, 8) @ x.double(), atol=1e-5)

@@ -16,11 +16,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
+
+
+def roc_auc(scores, positive) -> float | None:
+    """ROC AUC of ``scores`` for the boolean ``positive``; None when one class is empty."""
+    positive = np.asarray(positive, bool)
+    return float(roc_auc_score(positive, scores)) if 0 < positive.sum() < positive.size else None
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ssdd_core.data import VOCRoot  # noqa: E402
+from ssdd_core.infer import upsample_dd  # noqa: E402
 from ssdd_core.io import load_mask_png, read_h5, read_h5_ids  # noqa: E402
-from ssdd_core.metrics import roc_auc  # noqa: E402
 
 
 def dd_auc(results, root, gt_dir="SegmentationClassAug", every=1, pixels=4000) -> dict:
@@ -44,8 +51,8 @@ def dd_auc(results, root, gt_dir="SegmentationClassAug", every=1, pixels=4000) -
                 return 1.0 / (1.0 + np.exp(-x.astype(np.float64).ravel()[pick]))
 
             g, k, m = gt.ravel()[pick], mk.ravel()[pick], ma.ravel()[pick]
-            cols["sk"].append(sig(d["d_k"]))
-            cols["sa"].append(sig(d["d_a"]))
+            cols["sk"].append(sig(upsample_dd(d["d_k"], gt.shape)))
+            cols["sa"].append(sig(upsample_dd(d["d_a"], gt.shape)))
             cols["k_wrong"].append(k != g)
             cols["a_wrong"].append(m != g)
             cols["diff"].append(k != m)

@@ -28,12 +28,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config_files import merged_config  # noqa: E402
+from dd_diagnostics import roc_auc  # noqa: E402
 
 from ssdd_core import stages  # noqa: E402
 from ssdd_core.data import VOCRoot  # noqa: E402
 from ssdd_core.datasets import SegDataset  # noqa: E402
 from ssdd_core.io import read_json  # noqa: E402
-from ssdd_core.metrics import ConfusionMatrix, roc_auc  # noqa: E402
+from ssdd_core.metrics import ConfusionMatrix  # noqa: E402
 from ssdd_core.train import dynamic_masks  # noqa: E402
 
 MASKS = ("D0", "K1", "A1", "D1", "sub", "D2")
