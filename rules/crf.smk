@@ -1,11 +1,10 @@
-# Dense CRF of the PSA seeds (DESIGN §3.3): p^K0 → p^A0, m^A0.
+# Dense CRF of the seeds (DESIGN §3.3): p^K0 → m^A0.
 
 
 rule crf:
     input:
         probs="results/psa/{shard}.h5",
     output:
-        probs="results/crf/{shard}.h5",
         masks=directory("results/masks/A0/{shard}"),
     params:
         cfg={k: config[k] for k in ("data", "crf")},

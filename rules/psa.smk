@@ -58,7 +58,6 @@ rule aff_labels:
 rule train_aff:
     input:
         labels="results/labels/train.json",
-        cam=shards("results/cam/{shard}.h5"),
         aff=shards("results/aff_labels/{shard}.h5"),
     output:
         "results/models/aff.pt",

@@ -12,7 +12,6 @@ wildcard_constraints:
 
 use rule crf as sweep_crf with:
     output:
-        probs=f"{SW}/crf/{{shard}}.h5",
         masks=directory(f"{SW}/masks/A0/{{shard}}"),
     params:
         cfg=lambda w: sweep_cfg(w, ("data", "crf")),

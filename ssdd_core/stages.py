@@ -193,8 +193,7 @@ def aff_labels(cfg: dict, cam_h5: str, out_h5: str) -> dict:
     return {"n": len(ids), "seconds": dt}
 
 
-def train_aff(cfg: dict, labels_json: str, cam_h5s: Sequence[str], aff_h5s: Sequence[str], out: str,
-              threads: int = 2) -> dict:
+def train_aff(cfg: dict, labels_json: str, aff_h5s: Sequence[str], out: str, threads: int = 2) -> dict:
     """Train AffinityNet on the la/ha labels → ``aff.pt``. The encoder starts from ImageNet."""
     device = _setup(cfg, threads)
     a = cfg["aff"]
@@ -247,18 +246,18 @@ def psa(cfg: dict, aff_pt: str, cam_h5: str, out_h5: str, out_dir: str, threads:
     return {"n": len(ids), "seconds": dt}
 
 
-def crf(cfg: dict, psa_h5: str, out_h5: str, out_dir: str) -> dict:
-    """Dense CRF of p^K0 over present labels → p^A0 (HDF5) and m^A0 PNGs (DESIGN §3.3)."""
+def crf(cfg: dict, psa_h5: str, out_dir: str) -> dict:
+    """Dense CRF of p^K0 over present labels → m^A0 PNGs (DESIGN §3.3). The CRF's marginals p^A0
+    are not kept: SSDD reads only the mask m^A0."""
     voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
     params = CRFParams.from_config(cfg["crf"])
     ids = read_h5_ids(psa_h5)
     t0 = time.time()
-    with H5Writer(out_h5) as w, atomic_dir(out_dir) as tmpdir:
+    with atomic_dir(out_dir) as tmpdir:
         for i in _bar(ids, "crf"):
             d = read_h5(psa_h5, i)
             img = voc.load_image(i)
             q = dense_crf(img, d["prob"], params)
-            w.add(i, prob=q, labels=d["labels"])
             save_mask(Path(tmpdir) / f"{i}.png", psa_mod.full_label_map(q.argmax(0), d["labels"]))
     dt = time.time() - t0
     log.info("crf: %d images in %.1f s (%.2f img/s)", len(ids), dt, len(ids) / max(dt, 1e-9))

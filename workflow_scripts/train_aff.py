@@ -3,5 +3,5 @@ from ssdd_core import stages
 from ssdd_core.runlog import logged
 
 with logged(snakemake.log[0]):
-    stages.train_aff(snakemake.params.cfg, snakemake.input.labels, list(snakemake.input.cam),
-                    list(snakemake.input.aff), snakemake.output[0], snakemake.threads)
+    stages.train_aff(snakemake.params.cfg, snakemake.input.labels, list(snakemake.input.aff), snakemake.output[0],
+                     snakemake.threads)
