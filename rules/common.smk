@@ -5,6 +5,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from ssdd_core.config import check_walk_scale, coerce_cli_strings, cuda_visible
+from ssdd_core.versions import CODE_VERSION
 
 # `--config crf='{"bi_w": 5}'` arrives as strings: convert to the schema's types, then validate.
 coerce_cli_strings(config, workflow.source_path("../config/config.schema.yaml"))

@@ -7,6 +7,7 @@ rule crf:
     output:
         masks=directory("results/masks/A0/{shard}"),
     params:
+        code=CODE_VERSION["crf"],
         cfg={k: config[k] for k in ("data", "crf")},
     log:
         "logs/crf/{shard}.log",

@@ -6,6 +6,7 @@ rule split_ids:
     output:
         shards("results/splits/{{set}}/{shard}.txt"),
     params:
+        code=CODE_VERSION["split_ids"],
         source=lambda w: (
             {"root": config["data"]["root"], "split": config["data"]["train_split"]}
             if w.set == "train"
@@ -24,6 +25,7 @@ rule image_labels:
     output:
         "results/labels/train.json",
     params:
+        code=CODE_VERSION["image_labels"],
         data=config["data"],
     log:
         "logs/image_labels.log",

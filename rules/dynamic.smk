@@ -12,6 +12,7 @@ rule train_dynamic:
     output:
         "results/models/dynamic{rep}.pt",
     params:
+        code=CODE_VERSION["train_dynamic"],
         cfg=lambda w: with_rep_seed(
             {k: config[k] for k in ("data", "model", "seg", "dynamic", "crf", "device", "amp", "nan_policy")},
             w.rep,
@@ -37,6 +38,7 @@ rule train_seg:
     output:
         "results/models/seg_{mask}{rep}.pt",
     params:
+        code=CODE_VERSION["train_seg"],
         cfg=lambda w: with_rep_seed(
             {k: config[k] for k in ("data", "model", "seg", "baseline", "device", "amp", "nan_policy")}, w.rep
         ),

@@ -8,6 +8,7 @@ rule infer:
     output:
         directory("results/pred/{model}/{shard}"),
     params:
+        code=CODE_VERSION["infer"],
         cfg={k: config[k] for k in ("eval", "model", "seg", "infer", "crf", "seed", "device")},
         kind=lambda w: model_kind(w.model),
     log:
@@ -33,6 +34,7 @@ rule score:
     wildcard_constraints:
         tag=rf"(?:|_baseline|_static|_seg_(?:K0|A0|D0)){REP}",
     params:
+        code=CODE_VERSION["score"],
         cfg={"eval": config["eval"]},
         model=lambda w: scored_model(w.tag),
     log:
@@ -52,6 +54,7 @@ rule score_seeds:
     output:
         "results/seeds.json",
     params:
+        code=CODE_VERSION["score_seeds"],
         cfg={k: config[k] for k in ("data", "cam")},
     log:
         "logs/score_seeds.log",

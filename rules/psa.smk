@@ -7,6 +7,7 @@ rule train_cls:
     output:
         "results/models/cls.pt",
     params:
+        code=CODE_VERSION["train_cls"],
         cfg={k: config[k] for k in ("data", "model", "cls", "seed", "device", "amp", "nan_policy")},
     log:
         "logs/train_cls.log",
@@ -27,6 +28,7 @@ rule cam:
     output:
         "results/cam/{shard}.h5",
     params:
+        code=CODE_VERSION["cam"],
         cfg={k: config[k] for k in ("data", "model", "cam", "seed", "device")},
     log:
         "logs/cam/{shard}.log",
@@ -45,6 +47,7 @@ rule aff_labels:
     output:
         "results/aff_labels/{shard}.h5",
     params:
+        code=CODE_VERSION["aff_labels"],
         cfg={k: config[k] for k in ("data", "aff")},
     log:
         "logs/aff_labels/{shard}.log",
@@ -62,6 +65,7 @@ rule train_aff:
     output:
         "results/models/aff.pt",
     params:
+        code=CODE_VERSION["train_aff"],
         cfg={k: config[k] for k in ("data", "model", "aff", "seed", "device", "amp", "nan_policy")},
     log:
         "logs/train_aff.log",
@@ -84,6 +88,7 @@ if PSA_SEEDS:
             probs="results/psa/{shard}.h5",
             masks=directory("results/masks/K0/{shard}"),
         params:
+            code=CODE_VERSION["psa"],
             cfg={k: config[k] for k in ("data", "model", "aff", "psa", "seed", "device")},
         log:
             "logs/psa/{shard}.log",
@@ -107,6 +112,7 @@ else:
             probs="results/psa/{shard}.h5",
             masks=directory("results/masks/K0/{shard}"),
         params:
+            code=CODE_VERSION["import_seeds"],
             cfg={k: config[k] for k in ("data", "seeds")},
         log:
             "logs/import_seeds/{shard}.log",

@@ -11,6 +11,7 @@ rule train_static:
     output:
         "results/models/static.pt",
     params:
+        code=CODE_VERSION["train_static"],
         cfg={k: config[k] for k in ("data", "model", "seg", "static", "seed", "device", "amp", "nan_policy")},
     log:
         "logs/train_static.log",
@@ -34,6 +35,7 @@ rule integrate:
         masks=directory("results/masks/D0/{shard}"),
         dd="results/dd0/{shard}.h5",
     params:
+        code=CODE_VERSION["integrate"],
         cfg={k: config[k] for k in ("data", "model", "seg", "static", "seed", "device")},
     log:
         "logs/integrate/{shard}.log",

@@ -14,6 +14,7 @@ use rule crf as sweep_crf with:
     output:
         masks=directory(f"{SW}/masks/A0/{{shard}}"),
     params:
+        code=CODE_VERSION["crf"],
         cfg=lambda w: sweep_cfg(w, ("data", "crf")),
     log:
         "logs/sweep/crf_bi{w}/crf/{shard}.log",

@@ -156,6 +156,35 @@ def test_unrelated_config_change_does_not_rerun_ssdd_score(tiny_run, override):
     assert _dry_run_jobs(p) == {}, p.stdout[-2000:]
 
 
+def test_code_version_bump_reruns_the_stage_and_downstream_only(tiny_run, tmp_path):
+    """A stage's number in ssdd_core.versions is a `code` param of its rule: bumping the CRF's
+    reruns the CRF and what depends on m^A0, nothing upstream and not the K0 baseline."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    wf, _ = tiny_run
+    pkg = tmp_path / "pkg"
+    shutil.copytree(REPO / "ssdd_core", pkg / "ssdd_core", ignore=shutil.ignore_patterns("__pycache__"))
+    v = pkg / "ssdd_core" / "versions.py"
+    text = v.read_text()
+    assert '    "crf": 2,' in text
+    v.write_text(text.replace('    "crf": 2,', '    "crf": 3,'))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pkg), os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run([sys.executable, "-m", "snakemake", "-n", "all", "--configfile", "config/tiny.yaml"], cwd=wf,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    jobs = set(_dry_run_jobs(p))
+    assert {"crf", "train_static", "integrate", "train_dynamic", "score_seeds"} <= jobs, jobs
+    assert not jobs & {"train_cls", "cam", "aff_labels", "train_aff", "psa", "train_seg"}, jobs
+    assert "params" in p.stdout.split("rule crf:", 1)[1].split("reason:", 1)[1].splitlines()[0].lower()
+    # and with the package as installed, nothing
+    assert _dry_run_jobs(snakemake(wf, "-n", "all", "--configfile", "config/tiny.yaml")) == {}
+
+
 def test_ablation_rows_end_to_end(tiny_run):
     """The four rows (static-only seg model on K0 / A0 / D0, SSDD), one rule each via {mask}."""
     wf, _ = tiny_run
