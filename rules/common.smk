@@ -4,7 +4,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from ssdd_core.config import check_walk_scale, coerce_cli_strings, cuda_visible
+from ssdd_core.config import REP_PATTERN, check_walk_scale, coerce_cli_strings, cuda_visible, rep_suffix, split_rep
 from ssdd_core.versions import CODE_VERSION
 
 # `--config crf='{"bi_w": 5}'` arrives as strings: convert to the schema's types, then validate.
@@ -42,19 +42,14 @@ def shards(pattern, **kw):
     return expand(pattern, shard=SHARDS, **kw)
 
 
-# Seg-training runs: run 0 has no suffix, run r > 0 the suffix "-r<r>" (config `repeats`).
-REP = r"(?:-r[1-9]\d*)?"
-REPS = [""] + [f"-r{r}" for r in range(1, config["repeats"])]
-
-
-def rep_index(rep: str) -> int:
-    """0 for "", r for "-r<r>"."""
-    return int(rep[2:]) if rep else 0
+# Seg-training runs (config `repeats`): "" for run 0, "-r<r>" for run r (ssdd_core.config).
+REP = REP_PATTERN
+REPS = [rep_suffix(r) for r in range(config["repeats"])]
 
 
 def with_rep_seed(cfg: dict, rep: str) -> dict:
     """A rule's config blocks with the run's seed (config seed + run index)."""
-    return {**cfg, "seed": config["seed"] + rep_index(rep)}
+    return {**cfg, "seed": config["seed"] + split_rep(rep)[1]}
 
 
 # The seg models inferred and scored: the SSDD dynamic model, the static stage's model and the
@@ -64,7 +59,7 @@ SEG_KINDS = r"dynamic|static|seg_(?:K0|A0|D0)"
 
 def model_kind(model: str) -> str:
     """``stages.infer``'s model kind of a model name: dynamic, static or seg."""
-    base = model.split("-r")[0]
+    base = split_rep(model)[0]
     return "seg" if base.startswith("seg_") else base
 
 
@@ -80,9 +75,9 @@ def scored_model(tag: str) -> str:
     """The model a score file is of: miou.json is the SSDD (dynamic) model, miou_baseline.json
     the static-only row on config `baseline.mask`, miou_<model>.json that model; a run suffix
     "-r<r>" goes with it (miou-r1.json = dynamic-r1)."""
-    name, _, r = tag.partition("-r")
+    name, r = split_rep(tag)
     base = {"": "dynamic", "_baseline": f"seg_{config['baseline']['mask']}"}.get(name, name.lstrip("_"))
-    return base + (f"-r{r}" if r else "")
+    return base + rep_suffix(r)
 
 
 def sweep_cfg(w, keys):

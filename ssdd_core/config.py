@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -99,3 +100,27 @@ def cuda_visible() -> bool:
     if env is not None:
         return env.strip() not in ("", "-1")
     return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+# Repeated seg-training runs (config `repeats`): run 0 has no suffix, run r > 0 the suffix "-r<r>"
+# on its model, prediction and score names (seg_K0-r1.pt, miou-r1.json).
+REP_PATTERN = r"(?:-r[1-9]\d*)?"
+
+
+def rep_suffix(r: int) -> str:
+    """The name suffix of run ``r`` (0-based): "" for run 0, "-r<r>" after.
+
+    Raises:
+        ValueError: negative ``r``.
+    """
+    if r < 0:
+        raise ValueError(f"run index {r} < 0")
+    return f"-r{r}" if r else ""
+
+
+def split_rep(name: str) -> tuple[str, int]:
+    """A model, score tag or run suffix split into its base and run index:
+    "seg_K0-r2" → ("seg_K0", 2), "dynamic" → ("dynamic", 0), "-r1" → ("", 1), "" → ("", 0)."""
+    m = re.fullmatch(rf"(.*?)({REP_PATTERN})", name)
+    base, suffix = m.group(1), m.group(2)
+    return base, int(suffix[2:]) if suffix else 0

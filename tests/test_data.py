@@ -296,3 +296,15 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return torch.equal(a, b)
+
+
+def test_run_suffix_round_trip():
+    from ssdd_core.config import rep_suffix, split_rep
+
+    assert [rep_suffix(r) for r in range(3)] == ["", "-r1", "-r2"]
+    assert split_rep("seg_K0-r2") == ("seg_K0", 2) and split_rep("dynamic") == ("dynamic", 0)
+    assert split_rep("-r11") == ("", 11) and split_rep("") == ("", 0) and split_rep("_baseline-r1") == ("_baseline", 1)
+    assert split_rep("seg_K0-r0") == ("seg_K0-r0", 0)  # run 0 has no suffix: "-r0" is not one
+    for base in ("dynamic", "seg_D0", "_seg_A0"):
+        for r in range(4):
+            assert split_rep(base + rep_suffix(r)) == (base, r)
