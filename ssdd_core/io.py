@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -291,3 +291,31 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     except Exception as e:
         raise ArtifactError(f"{path}: cannot load checkpoint (truncated or not a weights-only "
                             f"torch file): {e}") from e
+
+
+def read_shard_ids(path) -> list[str]:
+    """The ids of a shard's id file (one per line, blank lines skipped)."""
+    return [ln.strip() for ln in Path(path).read_text().splitlines() if ln.strip()]
+
+
+def id_map(split_files: Sequence[str], dirs_or_files: Sequence[str], suffix: str = "") -> dict[str, str]:
+    """id → artifact path, from aligned lists of shard id files and shard artifacts.
+
+    With ``suffix`` (e.g. ``.png``) the artifact is a folder and the path is folder/id+suffix;
+    without, the artifact file itself (an HDF5 shard).
+    """
+    out = {}
+    for sf, d in zip(split_files, dirs_or_files):
+        for i in read_shard_ids(sf):
+            out[i] = str(Path(d) / f"{i}{suffix}") if suffix else str(d)
+    return out
+
+
+def files_key(paths) -> list:
+    """(path, size, mtime) of input files: part of a resume key, so a resume state is never
+    applied after an input changed."""
+    out = []
+    for p in paths:
+        st = Path(p).stat()
+        out.append([str(p), st.st_size, st.st_mtime_ns])
+    return out

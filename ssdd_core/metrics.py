@@ -70,3 +70,22 @@ class ConfusionMatrix:
             "classes_in_gt": in_gt,
             "n_images": self.n_images,
         }
+
+
+def integration_stats(m_k: np.ndarray, m_a: np.ndarray, m_d: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Counts describing how m^D chose between m^K and m^A, checked against GT (DESIGN §3.4).
+
+    Args:
+        m_k, m_a, m_d: (H, W) uint8 knowledge, advice and integrated masks; gt: (H, W) uint8
+            ground truth (255 = void, left out).
+    Returns:
+        (7,) int64: pixels scored, pixels where m^K ≠ m^A, of those: where m^D took m^A, where
+        m^K is right, where m^A is right, where m^D is right, and where the better one of
+        m^K / m^A is right (an oracle choice).
+    """
+    ok = gt != 255
+    diff = ok & (m_k != m_a)
+    g = gt[diff]
+    k_ok, a_ok, d_ok = m_k[diff] == g, m_a[diff] == g, m_d[diff] == g
+    return np.array([ok.sum(), diff.sum(), (m_d[diff] == m_a[diff]).sum(), k_ok.sum(), a_ok.sum(), d_ok.sum(),
+                     (k_ok | a_ok).sum()], dtype=np.int64)

@@ -269,3 +269,18 @@ def full_label_map(argmax_idx: np.ndarray, labels: Sequence[int]) -> np.ndarray:
     """Map present-label indices (0 = bg, k = labels[k−1]) to VOC class ids, uint8 (H, W)."""
     lut = np.array([0] + [int(c) for c in labels], dtype=np.uint8)
     return lut[argmax_idx]
+
+
+# --------------------------------------------------------------------------- training steps
+
+def cls_step(model, batch, device):
+    """Multilabel soft-margin loss of the PSA classifier."""
+    x, y = batch["img"].to(device), batch["y"].to(device)
+    loss = F.multilabel_soft_margin_loss(model(x), y)
+    return loss, {"cls": float(loss.detach())}
+
+
+def aff_step(model, batch, device):
+    """PSA affinity loss (bg_pos/4 + fg_pos/4 + neg/2)."""
+    loss, parts = affinity_loss(model(batch["img"].to(device)), batch["aff_label"].to(device))
+    return loss, parts

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -10,6 +11,8 @@ import numpy as np
 
 from .data import CLASS_NAMES, VOCRoot
 from .io import atomic_path, load_mask_png, read_h5, read_json, voc_palette, write_json
+
+log = logging.getLogger("ssdd")
 
 _EPOCH = re.compile(r"epoch (\d+)/(\d+): (.*)$")
 
@@ -157,7 +160,7 @@ def gallery_from_artifacts(cfg, ids_files, k0, a0, d0, dd, eval_ids_files, pred_
                            n_train: int, n_eval: int, out_png: str) -> None:
     """Pick ``n_train`` training and ``n_eval`` evaluation ids (evenly spread, deterministic)
     and draw :func:`gallery` from the pipeline's artifacts."""
-    from .stages import id_map
+    from .io import id_map
 
     def spread(ids, n):
         ids = sorted(ids)
@@ -310,3 +313,37 @@ def ablation_table(rows: Mapping[str, Sequence[str]], out_md: str, out_json: str
     write_json(out_json, {**out, "published_val_miou": [
         {"system": n, "backbone": b, "miou": v, "source": s} for n, b, v, s in PUBLISHED_VAL_MIOU]})
     return out
+
+
+def table1(miou_json: str, baseline_json: str, out_md: str) -> str:
+    """Per-class IoU of the baseline, SSDD and the gain, like the paper's Table 1 (markdown)."""
+    s, b = read_json(miou_json), read_json(baseline_json)
+    def fmt(v):
+        return "–" if v is None else f"{100 * v:.1f}"
+
+    rows = ["| class | baseline | SSDD | gain |", "| --- | ---: | ---: | ---: |"]
+    for c, name in enumerate(CLASS_NAMES):
+        bi, si = b["iou"][c], s["iou"][c]
+        gain = None if bi is None or si is None else si - bi
+        rows.append(f"| {name} | {fmt(bi)} | {fmt(si)} | {'–' if gain is None else f'{100 * gain:+.1f}'} |")
+    g = None if s["miou"] is None or b["miou"] is None else s["miou"] - b["miou"]
+    rows.append(f"| **mIoU (classes in GT)** | {fmt(b['miou'])} | {fmt(s['miou'])} | "
+                f"{'–' if g is None else f'{100 * g:+.1f}'} |")
+    text = (f"# Table 1 — baseline vs SSDD on {s['split']} ({s['n_images']} images)\n\n" + "\n".join(rows) + "\n\n"
+            + published_table())
+    with atomic_path(out_md) as tmp:
+        Path(tmp).write_text(text)
+    return text
+
+
+def sweep_table(weights, seeds_jsons, out_json: str) -> dict:
+    """Collect the CRF sweep: per bilateral weight, K0 / A0 / D0 mIoU and the D0 − A0 gain."""
+    rows = []
+    for w, p in zip(weights, seeds_jsons):
+        s = read_json(p)["summary"]
+        rows.append({"bi_w": w, "K0": s["K0"], "A0": s["A0"], "D0": s["D0"],
+                     "D0_minus_A0": None if s["D0"] is None or s["A0"] is None else s["D0"] - s["A0"]})
+    write_json(out_json, {"rows": rows})
+    for r in rows:
+        log.info("bi_w=%s K0=%.4f A0=%.4f D0=%.4f", r["bi_w"], r["K0"], r["A0"], r["D0"])
+    return {"rows": rows}

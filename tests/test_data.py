@@ -135,14 +135,14 @@ def test_h5_writer_is_atomic(tmp_path):
 def test_checkpoint_of_another_architecture(tmp_path):
     from ssdd_core.io import save_checkpoint
     from ssdd_core.models.backbones import build_backbone
+    from ssdd_core.models.factory import load_weights
     from ssdd_core.models.nets import AffinityNet, Classifier
-    from ssdd_core.stages import _load_into
 
     cls = Classifier(build_backbone("efficientnet_lite0", 16, pretrained=False))
     save_checkpoint(tmp_path / "cls.pt", cls.state_dict())
     aff = AffinityNet(build_backbone("efficientnet_lite0", 16, pretrained=False))
     with pytest.raises(ArtifactError, match="cls.pt: checkpoint does not match the AffinityNet"):
-        _load_into(aff, tmp_path / "cls.pt")
+        load_weights(aff, tmp_path / "cls.pt")
 
 
 def test_backbone_weights_missing(tmp_path):

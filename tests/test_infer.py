@@ -10,6 +10,7 @@ from ssdd_core import infer, stages
 from ssdd_core.crf import CRFParams, dense_crf, dense_crf_resized
 from ssdd_core.data import VOCRoot
 from ssdd_core.io import load_mask_png, save_checkpoint
+from ssdd_core.models import factory
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "voc12_sample"
@@ -22,7 +23,7 @@ def test_infer_with_crf_worker_matches_sequential_predict(tmp_path):
     cfg["eval"] = {"root": str(SAMPLE), "gt_dir": "SegmentationClass", "split": "val"}
     cfg["infer"].update(base_size=128, scales=[0.75, 1.0], flip=True, crf=True, crf_min_prob=0.05, crf_scale=0.5)
     torch.manual_seed(0)
-    model = stages._seg_model(cfg, ("base",), (), cfg["infer"]["output_stride"])
+    model = factory.build(cfg, "seg", cfg["infer"]["output_stride"])
     torch.nn.init.normal_(model.heads["base"].conv2.weight, std=0.5)  # confident, varied outputs
     save_checkpoint(tmp_path / "m.pt", model.state_dict())
     voc = VOCRoot(SAMPLE, "SegmentationClass")

@@ -70,7 +70,8 @@ def test_frozen_stem_keeps_imagenet_weights_through_classifier_training(sample):
     from ssdd_core.datasets import ClsDataset
     from ssdd_core.models.backbones import freeze_stem
     from ssdd_core.models.nets import Classifier
-    from ssdd_core.train import cls_step, make_optimizer
+    from ssdd_core.psa import cls_step
+    from ssdd_core.train import make_optimizer
 
     torch.set_num_threads(2)
     torch.manual_seed(0)

@@ -103,7 +103,7 @@ def test_ddnet_shapes_and_detached_inputs():
 
 
 def test_integration_stats_counts_choices_against_gt():
-    from ssdd_core.stages import integration_stats
+    from ssdd_core.metrics import integration_stats
 
     gt = np.array([[0, 0, 8, 8, 255]], dtype=np.uint8)
     mk = np.array([[0, 8, 8, 0, 8]], dtype=np.uint8)   # differs from m^A at columns 1, 3, 4

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from ssdd_core.train import NonFiniteLoss, fit, make_static_step, seg_loss
+from ssdd_core.refinement import make_static_step, seg_loss
+from ssdd_core.train import NonFiniteLoss, fit
 
 
 class ToyDS(torch.utils.data.Dataset):
@@ -153,7 +154,7 @@ def test_dynamic_step_masks_have_no_grad(seg_batch):
     from ssdd_core.crf import CRFParams
     from ssdd_core.models.backbones import build_backbone
     from ssdd_core.models.nets import SegModel
-    from ssdd_core.train import InLoopCRF, make_dynamic_step
+    from ssdd_core.refinement import InLoopCRF, make_dynamic_step
 
     torch.manual_seed(0)
     model = SegModel(build_backbone("efficientnet_lite0", 16), ("main", "sub"), ("d1", "d2"), hidden=32,
@@ -187,7 +188,7 @@ def test_dynamic_warmup_trains_heads_on_d0(seg_batch):
     from ssdd_core.crf import CRFParams
     from ssdd_core.models.backbones import build_backbone
     from ssdd_core.models.nets import SegModel
-    from ssdd_core.train import InLoopCRF, make_dynamic_step
+    from ssdd_core.refinement import InLoopCRF, make_dynamic_step
 
     torch.manual_seed(0)
     model = SegModel(build_backbone("efficientnet_lite0", 16), ("main", "sub"), ("d1", "d2"), hidden=32,

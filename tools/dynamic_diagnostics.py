@@ -33,9 +33,10 @@ from dd_diagnostics import roc_auc  # noqa: E402
 from ssdd_core import stages  # noqa: E402
 from ssdd_core.data import VOCRoot  # noqa: E402
 from ssdd_core.datasets import SegDataset  # noqa: E402
-from ssdd_core.io import read_json  # noqa: E402
+from ssdd_core.io import id_map, read_json  # noqa: E402
 from ssdd_core.metrics import ConfusionMatrix  # noqa: E402
-from ssdd_core.train import dynamic_masks  # noqa: E402
+from ssdd_core.models import factory  # noqa: E402
+from ssdd_core.refinement import dynamic_masks  # noqa: E402
 
 MASKS = ("D0", "K1", "A1", "D1", "sub", "D2")
 DD = (("d1(K1)", "K1"), ("d1(A1)", "A1"), ("d2(D0)", "D0"), ("d2(D1)", "D1"))
@@ -57,14 +58,13 @@ def main():
     labels = read_json(res / "labels" / "train.json")["labels"]
     voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
     splits = sorted(str(p) for p in (res / "splits" / "train").glob("*.txt"))
-    d0 = stages.id_map(splits, sorted(str(p) for p in (res / "masks" / "D0").iterdir()), ".png")
+    d0 = id_map(splits, sorted(str(p) for p in (res / "masks" / "D0").iterdir()), ".png")
     ids = [i for i in sorted(i for i in labels if i in d0)[:: a.every] if voc.mask_path(i).exists()]
     if not ids:
         sys.exit(f"{res}: no training id with a GT mask under {voc.mask_path('x').parent}")
     gt = {i: str(voc.mask_path(i)) for i in ids}
-    model = stages._seg_model(cfg, ("main", "sub"), ("d1", "d2"), cfg["model"]["train_output_stride"])
-    stages._load_into(model, a.model or str(res / "models" / "dynamic.pt"))
-    model.eval()
+    model = factory.load(cfg, "dynamic", a.model or str(res / "models" / "dynamic.pt"),
+                         cfg["model"]["train_output_stride"])
     ds = SegDataset(voc, ids, labels, d["crop"], seed=cfg["seed"], masks={"D0": d0, "GT": gt},
                     resize_range=tuple(d["resize_range"]), dd_stride=cfg["seg"]["dd_stride"])
     crf = stages.inloop_crf({**cfg, "dynamic": {**d, "crf_workers": 0}})  # the training stage's CRF

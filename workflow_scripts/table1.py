@@ -1,6 +1,6 @@
-# Thin Snakemake script: see ssdd_core.stages.table1
-from ssdd_core import stages
+# Thin Snakemake script: see ssdd_core.report.table1
+from ssdd_core import report
 from ssdd_core.runlog import logged
 
 with logged(snakemake.log[0]):
-    stages.table1(snakemake.input.ssdd, snakemake.input.baseline, snakemake.output[0])
+    report.table1(snakemake.input.ssdd, snakemake.input.baseline, snakemake.output[0])

@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config_files import merged_config  # noqa: E402
 
-from ssdd_core import psa, stages  # noqa: E402
+from ssdd_core import psa  # noqa: E402
 from ssdd_core.data import VOCRoot  # noqa: E402
 from ssdd_core.io import read_json  # noqa: E402
 from ssdd_core.metrics import ConfusionMatrix  # noqa: E402
-from ssdd_core.models.nets import AffinityNet  # noqa: E402
+from ssdd_core.models import factory  # noqa: E402
 
 
 def main():
@@ -77,7 +77,7 @@ def main():
                                       [tuple(float(x) for x in s.split(",")) for s in (a.scales or [])]
                                       or [tuple(c["scales"])], a.output_stride or [c["output_stride"]]))
         for base, scales, os_ in grid:
-            model = stages.load_classifier(cfg, str(a.results / "models" / "cls.pt"), os_, device)
+            model = factory.load(cfg, "cls", str(a.results / "models" / "cls.pt"), os_, device)
             t0 = time.time()
             cams = {i: psa.compute_cam(model, imgs[i], labels[i], scales, c["flip"], device, base) for i in ids}
             dt = time.time() - t0
@@ -87,14 +87,12 @@ def main():
                              "miou": r["miou"], "iou": r["iou"], "seconds_per_image": dt / len(ids)})
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "iou"}), flush=True)
     else:
-        cls = stages.load_classifier(cfg, str(a.results / "models" / "cls.pt"), c["output_stride"], device)
+        cls = factory.load(cfg, "cls", str(a.results / "models" / "cls.pt"), c["output_stride"], device)
         cams = {i: psa.compute_cam(cls, imgs[i], labels[i], tuple(c["scales"]), c["flip"], device, c["base_size"])
                 for i in ids}
         affs = {}
         for os_ in a.output_stride or [p["output_stride"]]:
-            affs[os_] = AffinityNet(stages._backbone(cfg, os_, pretrained=False), cfg["aff"]["grid_stride"])
-            stages._load_into(affs[os_], str(a.results / "models" / "aff.pt"))
-            affs[os_].eval()
+            affs[os_] = factory.load(cfg, "aff", str(a.results / "models" / "aff.pt"), os_)
         for os_, side, logt, bg_pow in itertools.product(affs, a.walk_long_side or [p["walk_long_side"]],
                                                          a.logt or [p["logt"]], a.bg_pow or [p["bg_pow"]]):
             aff = affs[os_]

@@ -1,0 +1,64 @@
+"""What every stage shares, built once per rule: the config, the threads, the device (after
+seeding), the training data root and the image-level labels."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import torch
+from tqdm import tqdm
+
+from ..data import VOCRoot
+from ..io import read_json
+from ..train import _TqdmLog, config_hash, fit, pick_device, seed_everything
+
+log = logging.getLogger("ssdd")
+
+
+def progress(it, desc, total=None, logger=log):
+    """A tqdm bar that writes to the rule's log every 10 s."""
+    return tqdm(it, desc=desc, total=total, mininterval=10, file=_TqdmLog(logger))
+
+
+@dataclass
+class StageContext:
+    """One rule's run: ``cfg`` (the validated config blocks the rule gets), ``threads``, and
+    ``labels_json`` (the image-level labels, when the stage reads them).
+
+    With ``torch_setup`` (the default) it sets torch's thread count and seeds every RNG with
+    ``cfg["seed"]`` at construction, before any model is built, and picks the device.
+    """
+
+    cfg: dict
+    threads: int = 2
+    labels_json: str | None = None
+    torch_setup: bool = True
+    device: torch.device | None = field(default=None, init=False)
+
+    def __post_init__(self):
+        if self.torch_setup:
+            torch.set_num_threads(max(1, int(self.threads)))
+            seed_everything(int(self.cfg.get("seed", 0)))
+            self.device = pick_device(self.cfg.get("device", "auto"))
+
+    @cached_property
+    def voc(self) -> VOCRoot:
+        """The training data (``data.root``, ``data.gt_dir``)."""
+        return VOCRoot(self.cfg["data"]["root"], self.cfg["data"]["gt_dir"])
+
+    @cached_property
+    def labels(self) -> dict[str, list[int]]:
+        """id → image-level labels (VOC class ids 1..20) of the training ids."""
+        if self.labels_json is None:
+            raise ValueError("this stage was given no labels file")
+        return read_json(self.labels_json)["labels"]
+
+    def fit(self, model, dataset, step, out: str, block: dict, schedule: str, key: list) -> dict:
+        """:func:`ssdd_core.train.fit` with a training block's settings (``epochs``, ``batch``,
+        ``lr``, ``weight_decay``, ``max_steps``) and the run's seed, device, threads, AMP and NaN
+        policy; ``key`` (config blocks and input files) makes the resume key."""
+        return fit(model, dataset, step, out, epochs=block["epochs"], batch_size=block["batch"], lr=block["lr"],
+                   weight_decay=block["weight_decay"], schedule=schedule, device=self.device, seed=self.cfg["seed"],
+                   threads=self.threads, nan_policy=self.cfg["nan_policy"], resume_key=config_hash(key),
+                   amp=self.cfg["amp"], max_steps=block.get("max_steps"), logger=log)

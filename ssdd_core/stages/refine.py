@@ -1,0 +1,137 @@
+"""SSDD's refinement stages: the dense CRF (m^A0, DESIGN §3.3), static region refinement
+(training and integration → m^D0, §3.5), dynamic region refinement (the final model, §3.6) and
+the static-only seg rows trained on one mask (the baseline, §3.7)."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from .. import psa as psa_mod
+from ..crf import CRFParams, dense_crf
+from ..datasets import SegDataset
+from ..infer import static_integrate
+from ..io import H5Writer, atomic_dir, files_key, id_map, load_mask_png, read_h5, read_h5_ids, read_shard_ids, save_mask
+from ..models import factory
+from ..refinement import InLoopCRF, make_baseline_step, make_dynamic_step, make_static_step
+from .context import StageContext, progress
+
+log = logging.getLogger("ssdd")
+
+
+def crf(cfg: dict, psa_h5: str, out_dir: str) -> dict:
+    """Dense CRF of p^K0 over present labels → m^A0 PNGs (DESIGN §3.3). The CRF's marginals p^A0
+    are not kept: SSDD reads only the mask m^A0."""
+    ctx = StageContext(cfg, torch_setup=False)
+    params = CRFParams.from_config(cfg["crf"])
+    ids = read_h5_ids(psa_h5)
+    t0 = time.time()
+    with atomic_dir(out_dir) as tmpdir:
+        for i in progress(ids, "crf"):
+            d = read_h5(psa_h5, i)
+            q = dense_crf(ctx.voc.load_image(i), d["prob"], params)
+            save_mask(Path(tmpdir) / f"{i}.png", psa_mod.full_label_map(q.argmax(0), d["labels"]))
+    dt = time.time() - t0
+    log.info("crf: %d images in %.1f s (%.2f img/s)", len(ids), dt, len(ids) / max(dt, 1e-9))
+    return {"n": len(ids), "seconds": dt}
+
+
+def _given(path: str | None) -> list[str]:
+    return [] if path is None else [path]
+
+
+def _seg_fit(ctx: StageContext, block: dict, model, ds, step, out: str, key_extra) -> dict:
+    """Seg training with a block's settings, cosine schedule (the SSDD stages and seg rows)."""
+    cfg = ctx.cfg
+    return ctx.fit(model, ds, step, out, block, "cosine", [block, cfg["seg"], cfg["model"], cfg["seed"], key_extra])
+
+
+def train_static(cfg: dict, cls_pt: str | None, labels_json: str, split_files, k0_dirs, a0_dirs, out: str,
+                 threads: int = 2) -> dict:
+    """Static region refinement training, L_static = L_seg(m^K0) + L_diff0 (Eq. 6-9)."""
+    ctx = StageContext(cfg, threads, labels_json)
+    s = cfg["static"]
+    k0, a0 = id_map(split_files, k0_dirs, ".png"), id_map(split_files, a0_dirs, ".png")
+    ids = sorted(i for i in ctx.labels if i in k0)
+    model = factory.for_training(cfg, "static", cls_pt)
+    ds = SegDataset(ctx.voc, ids, ctx.labels, s["crop"], seed=cfg["seed"], masks={"K0": k0, "A0": a0},
+                    resize_range=tuple(s["resize_range"]), dd_stride=cfg["seg"]["dd_stride"])
+    step = make_static_step(cfg["seg"]["seg_loss"], s["flag_ratio"])
+    return _seg_fit(ctx, s, model, ds, step, out, files_key([*_given(cls_pt), *k0_dirs, *a0_dirs]))
+
+
+def integrate(cfg: dict, static_pt: str, labels_json: str, ids_file: str, k0_dir: str, a0_dir: str,
+              out_dir: str, out_h5: str, threads: int = 2) -> dict:
+    """m^D0 for one shard (Eq. 3, 4, 10) → PNGs + d^K0 / d^A0 logits on the DD grid (HDF5)."""
+    ctx = StageContext(cfg, threads, labels_json)
+    s = cfg["static"]
+    model = factory.load(cfg, "static", static_pt, cfg["model"]["train_output_stride"], ctx.device)
+    ids = [i for i in read_shard_ids(ids_file) if i in ctx.labels]
+    stats = {"n": 0, "flagged_images": 0, "pix": 0, "pix_k_ne_a": 0, "pix_took_a": 0}
+    with H5Writer(out_h5) as w, atomic_dir(out_dir) as tmpdir:
+        for i in progress(ids, "integrate"):
+            img = ctx.voc.load_image(i)
+            mk = load_mask_png(Path(k0_dir) / f"{i}.png")
+            ma = load_mask_png(Path(a0_dir) / f"{i}.png")
+            r = static_integrate(model, img, mk, ma, ctx.labels[i], s["crop"], s, s["flag_ratio"], ctx.device)
+            save_mask(Path(tmpdir) / f"{i}.png", r["mask"])
+            w.add(i, d_k=r["d_k"], d_a=r["d_a"], flags=r["flags"])
+            diff = mk != ma
+            stats["n"] += 1
+            stats["flagged_images"] += int(r["flags"].any())
+            stats["pix"] += int(mk.size)
+            stats["pix_k_ne_a"] += int(diff.sum())
+            stats["pix_took_a"] += int((diff & (r["mask"] == ma)).sum())
+    log.info("integrate: %s", stats)
+    return stats
+
+
+def train_seg(cfg, cls_pt: str | None, labels_json, split_files, mask_dirs, out, threads=2) -> dict:
+    """A static-only seg row: the seg model trained with L_seg alone on one seed mask, with the
+    ``baseline`` block's settings. On m^K0 it is the PSA-style baseline (DESIGN §3.7); on m^A0 and
+    m^D0 the paper's "PSA + CRF" and "static region refinement" rows (Fig. 8).
+
+    Args:
+        mask_dirs: per-shard folders of the mask's PNGs, aligned with ``split_files``.
+    Returns: :func:`ssdd_core.train.fit`'s summary; writes the checkpoint ``out``.
+    """
+    ctx = StageContext(cfg, threads, labels_json)
+    b = cfg["baseline"]
+    masks = id_map(split_files, mask_dirs, ".png")
+    ids = sorted(i for i in ctx.labels if i in masks)
+    model = factory.for_training(cfg, "seg", cls_pt)
+    ds = SegDataset(ctx.voc, ids, ctx.labels, b["crop"], seed=cfg["seed"], masks={"M": masks},
+                    resize_range=tuple(b["resize_range"]), dd_stride=cfg["seg"]["dd_stride"])
+    return _seg_fit(ctx, b, model, ds, make_baseline_step("M", cfg["seg"]["seg_loss"]), out,
+                    files_key([*_given(cls_pt), *mask_dirs]))
+
+
+def inloop_crf(cfg: dict, threads: int = 2) -> InLoopCRF:
+    """The dynamic stage's training-time CRF (DESIGN §3.6): ``dynamic.crf_iters`` iterations
+    of the ``crf`` block at the DD resolution, kernel widths × ``dynamic.crf_kernel_scale``
+    (1 in every shipped config, the authors' code; README "Deviations" has a proxy measurement
+    of ¼, the value the code used to hard-wire)."""
+    d = cfg["dynamic"]
+    workers = d["crf_workers"] if d["crf_workers"] is not None else max(0, int(threads) if threads > 1 else 0)
+    return InLoopCRF(CRFParams.from_config({**cfg["crf"], "iters": d["crf_iters"]}), workers,
+                     float(d["crf_kernel_scale"]))
+
+
+def train_dynamic(cfg, cls_pt: str | None, labels_json, split_files, d0_dirs, out, threads=2) -> dict:
+    """Dynamic region refinement (Eq. 11-15) → ``dynamic.pt`` (heads main/sub, DD-Nets d1/d2)."""
+    ctx = StageContext(cfg, threads, labels_json)
+    d = cfg["dynamic"]
+    d0 = id_map(split_files, d0_dirs, ".png")
+    ids = sorted(i for i in ctx.labels if i in d0)
+    model = factory.for_training(cfg, "dynamic", cls_pt)
+    ds = SegDataset(ctx.voc, ids, ctx.labels, d["crop"], seed=cfg["seed"], masks={"D0": d0},
+                    resize_range=tuple(d["resize_range"]), dd_stride=cfg["seg"]["dd_stride"])
+    incrf = inloop_crf(cfg, threads)
+    try:
+        step = make_dynamic_step(cfg["seg"]["seg_loss"], incrf, d, d["alpha"], d["flag_ratio"], d["warmup_epochs"])
+        res = _seg_fit(ctx, d, model, ds, step, out, [cfg["crf"], files_key([*_given(cls_pt), *d0_dirs])])
+    finally:
+        incrf.close()
+    res["crf_seconds_per_iter"] = incrf.seconds / max(1, incrf.calls)
+    log.info("in-loop CRF: %.3f s per iteration over %d iterations", res["crf_seconds_per_iter"], incrf.calls)
+    return res
