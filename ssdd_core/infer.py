@@ -2,6 +2,7 @@
 segmentation (DESIGN §3.7)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -31,7 +32,7 @@ def upsample_dd(d: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarr
 
 @torch.no_grad()
 def static_integrate(model, img: np.ndarray, m_k: np.ndarray, m_a: np.ndarray, labels: Sequence[int],
-                     size: int, biases: dict, flag_ratio: float = 0.5, device="cpu") -> dict:
+                     size: int, biases: ssdd.Biases, flag_ratio: float = 0.5, device="cpu") -> dict:
     """m^D0 for one training image (DESIGN §3.5).
 
     The image is resized to ``size``×``size`` (the training crop size), the masks to the DD
@@ -57,7 +58,7 @@ def static_integrate(model, img: np.ndarray, m_k: np.ndarray, m_a: np.ndarray, l
     grid_k, grid_a = d_k[0].cpu().numpy(), d_a[0].cpu().numpy()
     flags = ssdd.bad_class_flags(m_k, m_a, labels, flag_ratio)
     md = ssdd.integrate(upsample_dd(d_k[0], (h, w)), upsample_dd(d_a[0], (h, w)), m_k.astype(np.int64),
-                        m_a.astype(np.int64), flags, biases["b_dd"], biases["b_class"], biases["b_bg"]).astype(np.uint8)
+                        m_a.astype(np.int64), flags, biases.b_dd, biases.b_class, biases.b_bg).astype(np.uint8)
     return {"mask": md, "d_k": grid_k.astype(np.float32), "d_a": grid_a.astype(np.float32), "flags": flags}
 
 
@@ -125,20 +126,42 @@ def crf_argmax(img: np.ndarray, p: np.ndarray, crf: CRFParams, min_prob: float =
     return keep[q.argmax(0)].astype(np.uint8)
 
 
-def predict_probs(model, img: np.ndarray, head: str, infer_cfg: dict, device="cpu") -> np.ndarray:
-    """:func:`multiscale_probs` with the settings of an ``infer`` config block → (21, H, W)."""
-    return multiscale_probs(model, img, head, infer_cfg.get("base_size"), tuple(infer_cfg["scales"]),
-                            infer_cfg.get("flip", True), device)
+@dataclass(frozen=True)
+class InferSettings:
+    """Test-time settings (config block ``infer``, DESIGN §3.7): long side ``base_size`` (px;
+    None = the image's size) times each of ``scales``, ``flip``, the CRF (``crf``) over the labels
+    reaching ``crf_min_prob`` at ``crf_scale`` of the image size, the network at ``output_stride``."""
+
+    base_size: int | None
+    scales: tuple[float, ...]
+    flip: bool
+    crf: bool
+    crf_min_prob: float
+    crf_scale: float
+    output_stride: int
+
+    @classmethod
+    def from_config(cls, block: dict) -> "InferSettings":
+        """From a validated ``infer`` block (the schema supplies every default)."""
+        return cls(block["base_size"], tuple(float(v) for v in block["scales"]), bool(block["flip"]),
+                   bool(block["crf"]), float(block["crf_min_prob"]), float(block["crf_scale"]),
+                   int(block["output_stride"]))
 
 
-def predict(model, img: np.ndarray, head: str, infer_cfg: dict, crf: CRFParams | None, device="cpu") -> np.ndarray:
+def predict_probs(model, img: np.ndarray, head: str, settings: InferSettings, device="cpu") -> np.ndarray:
+    """:func:`multiscale_probs` with the scales / flip of ``settings`` → (21, H, W)."""
+    return multiscale_probs(model, img, head, settings.base_size, settings.scales, settings.flip, device)
+
+
+def predict(model, img: np.ndarray, head: str, settings: InferSettings, crf: CRFParams | None,
+            device="cpu") -> np.ndarray:
     """Test-time prediction: multi-scale softmax, optional CRF (over :func:`crf_labels` with
-    ``infer_cfg['crf_min_prob']``), argmax (DESIGN §3.7).
+    ``settings.crf_min_prob``, at ``settings.crf_scale``), argmax (DESIGN §3.7).
 
     Returns:
         (H, W) uint8 labels 0..20.
     """
-    p = predict_probs(model, img, head, infer_cfg, device)
+    p = predict_probs(model, img, head, settings, device)
     if crf is None:
         return p.argmax(0).astype(np.uint8)
-    return crf_argmax(img, p, crf, float(infer_cfg.get("crf_min_prob", 0.0)), float(infer_cfg.get("crf_scale", 1.0)))
+    return crf_argmax(img, p, crf, settings.crf_min_prob, settings.crf_scale)

@@ -123,14 +123,14 @@ def _crf_job(args):
 
 
 def dynamic_masks(model, out: dict, img_dd: np.ndarray, md0: torch.Tensor, y21: torch.Tensor, crf: InLoopCRF,
-                  biases: tuple[float, float, float], flag_ratio: float = 0.5) -> dict:
+                  biases: ssdd.Biases, flag_ratio: float = 0.5) -> dict:
     """The masks and DD-Net outputs of one dynamic iteration (SSDD Eq. 11-14, DESIGN §3.6).
 
     Args:
         model: a SegModel with heads main / sub and DD-Nets d1 / d2; ``out`` its forward output.
         img_dd: (B, h, w, 3) uint8 images at the DD resolution (for the in-loop CRF).
         md0: (B, h, w) int64 m^D0; y21: (B, 21) present labels incl. background.
-        biases: (b_dd, b_class, b_bg) of Eq. 17, used for m^D1 and m^D2.
+        biases: the Eq. 17 biases used for m^D1 and m^D2.
     Returns:
         dict of (B, h, w) int64 masks ``K1`` (main head, present-label argmax), ``A1`` (its CRF),
         ``sub``, ``D1``, ``D2`` (all without gradient), DD logits ``d1(K1)``, ``d1(A1)``,
@@ -147,16 +147,18 @@ def dynamic_masks(model, out: dict, img_dd: np.ndarray, md0: torch.Tensor, y21: 
     dd0 = model.dd("d2", out, "sub", md0)
     with torch.no_grad():
         flags1 = ssdd.batch_flags(mk1, ma1, y21, flag_ratio)
-        md1 = ssdd.integrate(dk1.detach(), da1.detach(), mk1, ma1, flags1, *biases)
+        md1 = ssdd.integrate(dk1.detach(), da1.detach(), mk1, ma1, flags1, biases.b_dd, biases.b_class,
+                             biases.b_bg)
     dd1 = model.dd("d2", out, "sub", md1)
     with torch.no_grad():
         flags2 = ssdd.batch_flags(md0, md1, y21, flag_ratio)
-        md2 = ssdd.integrate(dd0.detach(), dd1.detach(), md0, md1, flags2, *biases)
+        md2 = ssdd.integrate(dd0.detach(), dd1.detach(), md0, md1, flags2, biases.b_dd, biases.b_class,
+                             biases.b_bg)
     return {"K1": mk1, "A1": ma1, "sub": msub, "D1": md1, "D2": md2, "flags1": flags1,
             "d1(K1)": dk1, "d1(A1)": da1, "d2(D0)": dd0, "d2(D1)": dd1}
 
 
-def make_dynamic_step(loss_kind: str, crf: InLoopCRF, biases: dict, alpha: float = 0.5, flag_ratio: float = 0.5,
+def make_dynamic_step(loss_kind: str, crf: InLoopCRF, biases: ssdd.Biases, alpha: float = 0.5, flag_ratio: float = 0.5,
                       warmup_epochs: int = 0):
     """Dynamic region refinement, one iteration (SSDD Eq. 11-15, DESIGN §3.6).
 
@@ -165,14 +167,12 @@ def make_dynamic_step(loss_kind: str, crf: InLoopCRF, biases: dict, alpha: float
     m^D0 in the seg losses) while the DD-Nets train on their usual targets, so short runs do
     not feed an untrained head's own predictions back as labels.
     """
-    b = (biases["b_dd"], biases["b_class"], biases["b_bg"])
-
     def step(model, batch, device):
         x = batch["img"].to(device)
         md0, y21 = batch["D0"].to(device), batch["y21"].to(device)
         out = model(x)
         lm, ls = out["logits/main"], out["logits/sub"]
-        r = dynamic_masks(model, out, batch["img_dd"].numpy(), md0, y21, crf, b, flag_ratio)
+        r = dynamic_masks(model, out, batch["img_dd"].numpy(), md0, y21, crf, biases, flag_ratio)
         mk1, ma1, msub, md1, md2, flags1 = r["K1"], r["A1"], r["sub"], r["D1"], r["D2"], r["flags1"]
         dk1, da1, dd0, dd1 = r["d1(K1)"], r["d1(A1)"], r["d2(D0)"], r["d2(D1)"]
         warm = int(torch.as_tensor(batch.get("epoch", 0)).flatten()[0]) < warmup_epochs

@@ -5,6 +5,8 @@ Segmentation", ICCV 2019 (Eq. 1-4, 10, 16-17 and supplement A.1), as DESIGN §3.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -98,6 +100,22 @@ def batch_flags(m_k: torch.Tensor, m_a: torch.Tensor, labels: torch.Tensor, rati
     fg = labels.bool().clone()
     fg[:, 0] = False
     return (r < ratio) & fg
+
+
+@dataclass(frozen=True)
+class Biases:
+    """The integration biases of Eq. 17 (DESIGN §3.4): ``b_dd`` (towards the advice), ``b_class``
+    (against a flagged class), ``b_bg`` (against background). Static stage 0.1 / 1.0 / 0.1,
+    dynamic 0.4 / 1.0 / 0.0 in the paper; from the ``static`` / ``dynamic`` config blocks."""
+
+    b_dd: float
+    b_class: float
+    b_bg: float
+
+    @classmethod
+    def from_config(cls, block: dict) -> "Biases":
+        """From a validated ``static`` or ``dynamic`` config block."""
+        return cls(float(block["b_dd"]), float(block["b_class"]), float(block["b_bg"]))
 
 
 def integrate(d_k, d_a, m_k, m_a, flags, b_dd: float, b_class: float, b_bg: float):

@@ -35,7 +35,8 @@ def test_infer_with_crf_worker_matches_sequential_predict(tmp_path):
     model.eval()
     for i in ids:
         img = voc.load_image(i)
-        ref = infer.predict(model, img, "base", cfg["infer"], CRFParams.from_config(cfg["crf"]))
+        ref = infer.predict(model, img, "base", infer.InferSettings.from_config(cfg["infer"]),
+                            CRFParams.from_config(cfg["crf"]))
         got = load_mask_png(tmp_path / "pred" / f"{i}.png")
         assert got.shape == img.shape[:2]
         np.testing.assert_array_equal(got, ref)

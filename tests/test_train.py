@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ssdd_core.refinement import make_static_step, seg_loss
+from ssdd_core.ssdd import Biases
 from ssdd_core.train import NonFiniteLoss, fit
 
 
@@ -172,7 +173,7 @@ def test_dynamic_step_masks_have_no_grad(seg_batch):
         batch = dict(seg_batch, D0=seg_batch["K0"],
                      img_dd=torch.stack([torch.from_numpy(np.zeros((24, 24, 3), np.uint8))] * 4))
         step = make_dynamic_step("balanced", InLoopCRF(CRFParams(iters=3), 0, 0.25),
-                                 {"b_dd": 0.4, "b_class": 1.0, "b_bg": 0.0})
+                                 Biases(0.4, 1.0, 0.0))
         loss, parts = step(model, batch, "cpu")
     finally:
         ssdd.integrate = orig
@@ -195,7 +196,7 @@ def test_dynamic_warmup_trains_heads_on_d0(seg_batch):
                      dilation=2, dd_width=16, dd_stride=4).train()
     imgs_dd = torch.stack([torch.from_numpy(np.full((24, 24, 3), 128, np.uint8))] * 4)
     step = make_dynamic_step("balanced", InLoopCRF(CRFParams(iters=3), 0, 0.25),
-                             {"b_dd": 0.4, "b_class": 1.0, "b_bg": 0.0}, warmup_epochs=1)
+                             Biases(0.4, 1.0, 0.0), warmup_epochs=1)
     with torch.no_grad():
         ref = float(seg_loss(model(seg_batch["img"])["logits/main"], seg_batch["K0"], "balanced"))
         batch = dict(seg_batch, D0=seg_batch["K0"], img_dd=imgs_dd)

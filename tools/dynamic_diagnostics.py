@@ -37,6 +37,7 @@ from ssdd_core.io import id_map, read_json  # noqa: E402
 from ssdd_core.metrics import ConfusionMatrix  # noqa: E402
 from ssdd_core.models import factory  # noqa: E402
 from ssdd_core.refinement import dynamic_masks  # noqa: E402
+from ssdd_core.ssdd import Biases  # noqa: E402
 
 MASKS = ("D0", "K1", "A1", "D1", "sub", "D2")
 DD = (("d1(K1)", "K1"), ("d1(A1)", "A1"), ("d2(D0)", "D0"), ("d2(D1)", "D1"))
@@ -76,7 +77,7 @@ def main():
             g = batch["GT"]
             out = model(batch["img"])
             for b in biases:
-                r = dynamic_masks(model, out, batch["img_dd"].numpy(), batch["D0"], batch["y21"], crf, b,
+                r = dynamic_masks(model, out, batch["img_dd"].numpy(), batch["D0"], batch["y21"], crf, Biases(*b),
                                   d["flag_ratio"])
                 r["D0"] = batch["D0"]
                 for name in MASKS:

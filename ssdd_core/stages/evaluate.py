@@ -46,10 +46,10 @@ def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str
     if model_name not in factory.SEG_KINDS:
         raise ValueError(f"infer: unknown model kind {model_name!r} (one of {sorted(factory.SEG_KINDS)})")
     head = factory.SEG_KINDS[model_name][2]
-    ic = cfg["infer"]
-    model = factory.load(cfg, model_name, model_pt, ic["output_stride"], ctx.device)
+    ic = infer_mod.InferSettings.from_config(cfg["infer"])
+    model = factory.load(cfg, model_name, model_pt, ic.output_stride, ctx.device)
     voc = VOCRoot(cfg["eval"]["root"], cfg["eval"]["gt_dir"])
-    params = CRFParams.from_config(cfg["crf"]) if ic["crf"] else None
+    params = CRFParams.from_config(cfg["crf"]) if ic.crf else None
     ids = read_shard_ids(ids_file)
     t0 = time.time()
     # With 2+ threads, the CRF of image i runs in a worker process while the network sees
@@ -58,8 +58,6 @@ def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str
     # Default start method (fork on Linux, like InLoopCRF): "spawn" would re-run Snakemake's
     # script file as the child's __main__ and kill the worker.
     pool = ProcessPoolExecutor(1) if overlap else None
-    min_prob = float(ic.get("crf_min_prob", 0.0))
-    crf_scale = float(ic.get("crf_scale", 1.0))
     pending = collections.deque()  # (id, future) in submission order
 
     def save_done(tmpdir, keep: int):
@@ -75,7 +73,8 @@ def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str
                     save_mask(Path(tmpdir) / f"{i}.png", infer_mod.predict(model, img, head, ic, params, ctx.device))
                     continue
                 p = infer_mod.predict_probs(model, img, head, ic, ctx.device)
-                pending.append((i, pool.submit(infer_mod.crf_argmax, img, p, params, min_prob, crf_scale)))
+                pending.append((i, pool.submit(infer_mod.crf_argmax, img, p, params, ic.crf_min_prob,
+                                                  ic.crf_scale)))
                 save_done(tmpdir, 1)
             save_done(tmpdir, 0)
         finally:

@@ -14,6 +14,7 @@ from ..infer import static_integrate
 from ..io import H5Writer, atomic_dir, files_key, id_map, load_mask_png, read_h5, read_h5_ids, read_shard_ids, save_mask
 from ..models import factory
 from ..refinement import InLoopCRF, make_baseline_step, make_dynamic_step, make_static_step
+from ..ssdd import Biases
 from .context import StageContext, progress
 
 log = logging.getLogger("ssdd")
@@ -65,6 +66,7 @@ def integrate(cfg: dict, static_pt: str, labels_json: str, ids_file: str, k0_dir
     """m^D0 for one shard (Eq. 3, 4, 10) → PNGs + d^K0 / d^A0 logits on the DD grid (HDF5)."""
     ctx = StageContext(cfg, threads, labels_json)
     s = cfg["static"]
+    biases = Biases.from_config(s)
     model = factory.load(cfg, "static", static_pt, cfg["model"]["train_output_stride"], ctx.device)
     ids = [i for i in read_shard_ids(ids_file) if i in ctx.labels]
     stats = {"n": 0, "flagged_images": 0, "pix": 0, "pix_k_ne_a": 0, "pix_took_a": 0}
@@ -73,7 +75,8 @@ def integrate(cfg: dict, static_pt: str, labels_json: str, ids_file: str, k0_dir
             img = ctx.voc.load_image(i)
             mk = load_mask_png(Path(k0_dir) / f"{i}.png")
             ma = load_mask_png(Path(a0_dir) / f"{i}.png")
-            r = static_integrate(model, img, mk, ma, ctx.labels[i], s["crop"], s, s["flag_ratio"], ctx.device)
+            r = static_integrate(model, img, mk, ma, ctx.labels[i], s["crop"], biases, s["flag_ratio"],
+                                 ctx.device)
             save_mask(Path(tmpdir) / f"{i}.png", r["mask"])
             w.add(i, d_k=r["d_k"], d_a=r["d_a"], flags=r["flags"])
             diff = mk != ma
@@ -128,7 +131,8 @@ def train_dynamic(cfg, cls_pt: str | None, labels_json, split_files, d0_dirs, ou
                     resize_range=tuple(d["resize_range"]), dd_stride=cfg["seg"]["dd_stride"])
     incrf = inloop_crf(cfg, threads)
     try:
-        step = make_dynamic_step(cfg["seg"]["seg_loss"], incrf, d, d["alpha"], d["flag_ratio"], d["warmup_epochs"])
+        step = make_dynamic_step(cfg["seg"]["seg_loss"], incrf, Biases.from_config(d), d["alpha"], d["flag_ratio"],
+                                 d["warmup_epochs"])
         res = _seg_fit(ctx, d, model, ds, step, out, [cfg["crf"], files_key([*_given(cls_pt), *d0_dirs])])
     finally:
         incrf.close()
