@@ -1,19 +1,24 @@
-"""Choose L_seg's form (`seg.seg_loss`: plain | balanced) on held-out training images (never val).
+"""Choose seg-training settings on held-out training images (never val): L_seg's form
+(`seg.seg_loss`), learning rates, epochs, the dynamic stage's warm-up and biases.
+
+Each variant (``--variant NAME:block.key=value,...``, JSON values) trains one model on 3 of every
+4 training ids: the static-only seg model on m^K0 (``--model seg``, the baseline row, `baseline`
+block) or the SSDD dynamic model on m^D0 (``--model dynamic``), and scores the test-time pipeline
+(`infer` block) on the held-out 4th against the training GT, next to the labels themselves. The
+choice is made on images the model did not see and that are not in the eval split.
 
 Issue 18: after issue 17 made plain cross-entropy the default (the authors' code), 11 of the 18 val
-classes of voc2012_mini scored 0 IoU for every model; all of them are rare in its 1,037 training
-images. This script trains the static-only seg model on m^K0 (the baseline row, `baseline` block)
-once per loss on 3 of every 4 training ids and scores the test-time pipeline (`infer` block) on the
-held-out 4th against the training GT, so the choice is made on images the model did not see and
-that are not in the eval split.
+classes of voc2012_mini scored 0 IoU for every model, all of them rare in its training images:
 
-    python tools/experiments/seg_loss.py results results/experiments/seg_loss \\
-        --configfile config/voc2012_mini.yaml --losses plain balanced
+    python tools/experiments/seg_settings.py results results/experiments/seg_loss \\
+        --configfile config/voc2012_mini.yaml \\
+        --variant plain:seg.seg_loss=\\"plain\\" --variant balanced:seg.seg_loss=\\"balanced\\"
 
-Needs a finished run's ``results/`` (labels, splits, masks/K0, models/cls.pt). Writes
-``OUT/<loss>/`` (model, predictions, score JSON), ``OUT/seg_loss.json`` and prints a table; a step
-whose output exists is skipped, so an interrupted sweep resumes. Costs per loss on voc2012_mini
-about 12 min of training (4 epochs on 777 ids) and 5 min of inference (260 ids) on a 2-core machine.
+Needs a finished run's ``results/`` (labels, splits, masks/K0 or D0, models/cls.pt). Writes
+``OUT/<variant>/`` (model, predictions, score JSON), ``OUT/results.json`` and prints a per-class
+table; a step whose output exists is skipped, so an interrupted sweep resumes. Costs per seg
+variant on voc2012_mini about 12 min of training (4 epochs on 777 ids) and 5 min of inference (260
+ids) on a 2-core machine at ~1 s per classifier step; a dynamic variant about 2.5x the training.
 """
 from __future__ import annotations
 
@@ -56,18 +61,22 @@ def main():
     ap.add_argument("results", type=Path, help="a finished run's results/")
     ap.add_argument("out", type=Path)
     ap.add_argument("--configfile", nargs="*", default=[], help="configs merged over config.yaml, in order")
-    ap.add_argument("--losses", nargs="+", default=["plain", "balanced"], choices=["plain", "balanced"])
+    ap.add_argument("--variant", action="append", required=True, metavar="NAME:block.key=value,...",
+                    help="a named setting; values are JSON (strings quoted); repeatable")
+    ap.add_argument("--model", choices=["seg", "dynamic"], default="seg",
+                    help="seg: static-only seg model on m^K0 (baseline block); dynamic: SSDD's dynamic model on m^D0")
     ap.add_argument("--every", type=int, default=4, help="hold out every N-th training id")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     train_files, held = held_out_split(a.results, a.out, a.every)
-    k0_dirs = [str(a.results / "masks" / "K0" / Path(f).stem.removeprefix("train_")) for f in train_files]
+    mask = "K0" if a.model == "seg" else "D0"
+    mask_dirs = [str(a.results / "masks" / mask / Path(f).stem.removeprefix("train_")) for f in train_files]
     base = merged_config(a.configfile)
     # the held-out training images, scored against the training GT with the test-time pipeline
     eval_cfg = {"root": base["data"]["root"], "gt_dir": base["data"]["gt_dir"], "split": held}
     rows = {}
-    # reference: the labels themselves (m^K0) on the held-out ids
-    k0_all = sorted(str(p) for p in (a.results / "masks" / "K0").iterdir())
+    # reference: the labels themselves (m^K0 / m^D0) on the held-out ids
+    labels_all = sorted(str(p) for p in (a.results / "masks" / mask).iterdir())
     splits_all = sorted(str(p) for p in (a.results / "splits" / "train").glob("*.txt"))
     held_ids = set(read_shard_ids(held))
     ref_files = []
@@ -75,25 +84,31 @@ def main():
         dst = a.out / f"held_{Path(f).stem}.txt"
         dst.write_text("".join(i + "\n" for i in read_shard_ids(f) if i in held_ids))
         ref_files.append(str(dst))
-    rows["m^K0 (labels)"] = stages.score(eval_cfg, ref_files, k0_all, str(a.out / "k0_held_out.json"))
-    for loss in a.losses:
+    rows[f"m^{mask} (labels)"] = stages.score(eval_cfg, ref_files, labels_all, str(a.out / f"{mask}_held_out.json"))
+    for spec in a.variant:
+        name, _, sets = spec.partition(":")
         cfg = merged_config(a.configfile)
-        cfg["seg"]["seg_loss"] = loss
+        for kv in filter(None, sets.split(",")):
+            key, _, value = kv.partition("=")
+            block, _, k = key.partition(".")
+            cfg[block][k] = json.loads(value)
         cfg["eval"] = eval_cfg
-        d = a.out / loss
+        d = a.out / name
         d.mkdir(parents=True, exist_ok=True)
-        t = {}
-        if not (d / "seg_K0.pt").exists():
+        model, t = d / f"{a.model}.pt", {}
+        cls_pt, labels_json = str(a.results / "models" / "cls.pt"), str(a.results / "labels" / "train.json")
+        if not model.exists():
             t0 = time.time()
-            stages.train_seg(cfg, str(a.results / "models" / "cls.pt"), str(a.results / "labels" / "train.json"),
-                             train_files, k0_dirs, str(d / "seg_K0.pt"), a.threads)
+            train = stages.train_seg if a.model == "seg" else stages.train_dynamic
+            train(cfg, cls_pt, labels_json, train_files, mask_dirs, str(model), a.threads)
             t["train_s"] = time.time() - t0
         if not (d / "pred").exists():
             t0 = time.time()
-            stages.infer(cfg, "seg", str(d / "seg_K0.pt"), held, str(d / "pred"), a.threads)
+            stages.infer(cfg, a.model, str(model), held, str(d / "pred"), a.threads)
             t["infer_s"] = time.time() - t0
-        rows[loss] = stages.score(eval_cfg, [held], [str(d / "pred")], str(d / "miou.json"), {"seconds": t})
-        (a.out / "seg_loss.json").write_text(json.dumps(rows, indent=2))
+        rows[name] = stages.score(eval_cfg, [held], [str(d / "pred")], str(d / "miou.json"),
+                                  {"seconds": t, "settings": sets, "model": a.model})
+        (a.out / "results.json").write_text(json.dumps(rows, indent=2))
     n_train = {c: 0 for c in range(1, 21)}
     labels = read_json(a.results / "labels" / "train.json")["labels"]
     for i in (i for f in train_files for i in read_shard_ids(f)):
