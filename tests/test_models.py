@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 
 from ssdd_core.data import normalize, resize_image
 from ssdd_core.models.backbones import build_backbone
@@ -206,3 +207,36 @@ def test_resample_grid_keeps_cell_centres_on_sizes_that_are_not_multiples():
     assert resample_grid(cells, 16, 4, (50, 50)).shape[-2:] == (50, 50)
     with pytest.raises(ValueError, match="fewer than"):
         resample_grid(cells, 16, 1, (209, 200))
+
+
+@pytest.mark.parametrize("config", ["paper.yaml", "gpu_mini.yaml"])
+@torch.no_grad()
+def test_every_model_kind_builds_and_runs_for_the_shipped_presets(config):
+    """The paper preset (ResNet-38 at output stride 8, 512-wide heads at dilation 12) and the GPU
+    preset build every model kind through the factory and run a forward pass with the shapes the
+    stages expect (no ImageNet weights: ResNet-38's are user-supplied)."""
+    import yaml
+    from snakemake.utils import update_config
+
+    from ssdd_core.models import factory
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    update_config(cfg, yaml.safe_load((REPO / "config" / config).read_text()))
+    torch.manual_seed(0)
+    os_ = cfg["model"]["train_output_stride"]
+    x = torch.randn(1, 3, 64, 64)
+    assert factory.build(cfg, "cls", os_).eval()(x).shape == (1, 20)
+    aff = factory.build(cfg, "aff", cfg["psa"]["output_stride"]).eval()(x)
+    assert aff.shape[-2:] == (64 // cfg["aff"]["grid_stride"],) * 2
+    dd = 64 // cfg["seg"]["dd_stride"]
+    for kind, (heads, ddnets, head) in factory.SEG_KINDS.items():
+        model = factory.build(cfg, kind, os_).eval()
+        assert set(model.heads) == set(heads) and set(model.ddnets) == set(ddnets)
+        out = model(x)
+        assert out[f"logits/{head}"].shape == (1, 21, dd, dd), kind
+        for name in ddnets:
+            src = "base" if kind == "static" else ("main" if name == "d1" else "sub")
+            d = model.dd(name, out, src, torch.zeros(1, dd, dd, dtype=torch.long))
+            assert d.shape[-2:] == (dd, dd) and torch.isfinite(d).all(), (kind, name)
+    with pytest.raises(ValueError, match="unknown model kind"):
+        factory.build(cfg, "baseline", os_)
