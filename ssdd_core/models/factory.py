@@ -29,7 +29,7 @@ KINDS = ("cls", "aff", *SEG_KINDS)
 def backbone(cfg: dict, output_stride: int, pretrained: bool = True) -> Backbone:
     """The config's backbone (``model.backbone``, ``model.weights``) at ``output_stride``."""
     m = cfg["model"]
-    return build_backbone(m["backbone"], output_stride, pretrained=pretrained, weights=m.get("weights"))
+    return build_backbone(m["backbone"], output_stride, pretrained=pretrained, weights=m["weights"])
 
 
 def build(cfg: dict, kind: str, output_stride: int, pretrained: bool = False) -> torch.nn.Module:

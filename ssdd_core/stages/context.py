@@ -27,7 +27,9 @@ class StageContext:
     ``labels_json`` (the image-level labels, when the stage reads them).
 
     With ``torch_setup`` (the default) it sets torch's thread count and seeds every RNG with
-    ``cfg["seed"]`` at construction, before any model is built, and picks the device.
+    ``cfg["seed"]`` at construction, before any model is built, and picks the device
+    (``cfg["device"]``). Config values are read as given: the defaults live in the schema (and
+    ``config.yaml``), not in the code.
     """
 
     cfg: dict
@@ -39,8 +41,8 @@ class StageContext:
     def __post_init__(self):
         if self.torch_setup:
             torch.set_num_threads(max(1, int(self.threads)))
-            seed_everything(int(self.cfg.get("seed", 0)))
-            self.device = pick_device(self.cfg.get("device", "auto"))
+            seed_everything(int(self.cfg["seed"]))
+            self.device = pick_device(self.cfg["device"])
 
     @cached_property
     def voc(self) -> VOCRoot:

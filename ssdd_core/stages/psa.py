@@ -26,7 +26,7 @@ def train_cls(cfg: dict, labels_json: str, out: str, threads: int = 2) -> dict:
     ctx = StageContext(cfg, threads, labels_json)
     c = cfg["cls"]
     model = factory.build(cfg, "cls", cfg["model"]["train_output_stride"], pretrained=True)
-    if c.get("freeze_stem", True):
+    if c["freeze_stem"]:
         log.info("freezing the backbone stem: %d parameter tensors", freeze_stem(model.backbone))
     ds = ClsDataset(ctx.voc, sorted(ctx.labels), ctx.labels, c["crop"], seed=cfg["seed"],
                     scale_range=tuple(c["scale_range"]))
@@ -45,7 +45,7 @@ def cam(cfg: dict, cls_pt: str, ids_file: str, labels_json: str, out_h5: str, th
         for i in progress(ids, "cam"):
             img = ctx.voc.load_image(i)
             m = psa_mod.compute_cam(model, img, ctx.labels[i], tuple(c["scales"]), c["flip"], ctx.device,
-                                    c.get("base_size"))
+                                    c["base_size"])
             w.add(i, cam=m, labels=np.array(ctx.labels[i], dtype=np.int64))
     dt = time.time() - t0
     log.info("cam: %d images in %.1f s (%.2f img/s)", len(ids), dt, len(ids) / max(dt, 1e-9))
@@ -57,7 +57,7 @@ def aff_labels(cfg: dict, cam_h5: str, out_h5: str) -> dict:
     ctx = StageContext(cfg, torch_setup=False)
     a = cfg["aff"]
     crf = CRFParams.from_config(a["crf"])
-    scale = a.get("label_scale", 1.0)
+    scale = a["label_scale"]
     ids = read_h5_ids(cam_h5)
     t0 = time.time()
     with H5Writer(out_h5) as w:
@@ -93,7 +93,7 @@ def psa(cfg: dict, aff_pt: str, cam_h5: str, out_h5: str, out_dir: str, threads:
     p, a = cfg["psa"], cfg["aff"]
     model = factory.load(cfg, "aff", aff_pt, p["output_stride"], ctx.device)
     ids = read_h5_ids(cam_h5)
-    walk = p.get("walk_long_side")
+    walk = p["walk_long_side"]
     off_scale = 0
     t0 = time.time()
     with H5Writer(out_h5) as w, atomic_dir(out_dir) as tmpdir:
