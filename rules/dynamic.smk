@@ -10,7 +10,8 @@ rule train_dynamic:
         ids=shards("results/splits/train/{shard}.txt"),
         d0=shards("results/masks/D0/{shard}"),
     output:
-        "results/models/dynamic{rep}.pt",
+        model="results/models/dynamic{rep}.pt",
+        diag="results/diagnostics/dynamic{rep}.json",
     params:
         code=CODE_VERSION["train_dynamic"],
         cfg=lambda w: with_rep_seed(

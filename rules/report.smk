@@ -20,12 +20,15 @@ rule report_figures:
         dd=shards("results/dd0/{shard}.h5"),
         pred_ssdd=shards("results/pred/dynamic/{shard}"),
         pred_base=shards(f"results/pred/seg_{config['baseline']['mask']}/{{shard}}"),
+        dynamic="results/diagnostics/dynamic.json",
     output:
         bars=report("results/report/iou_bars.png", caption="../report/iou_bars.rst", category="Scores"),
         seeds=report("results/report/seeds.csv", caption="../report/seeds.rst", category="Seeds"),
         published=report("results/report/published.csv", caption="../report/published.rst", category="Scores"),
         losses=report("results/report/losses.png", caption="../report/losses.rst", category="Training"),
         gallery=report("results/report/gallery.png", caption="../report/gallery.rst", category="Examples"),
+        dynamic=report("results/report/dynamic_epochs.png", caption="../report/dynamic_epochs.rst",
+                       category="Training"),
     params:
         cfg={k: config[k] for k in ("data", "eval", "seed")},
         names=list(TRAIN_LOGS),

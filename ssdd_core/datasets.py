@@ -116,15 +116,18 @@ class SegDataset(_Base):
 
     Args:
         masks: name → {id → PNG path}, e.g. {"K0": ..., "A0": ...}.
+        optional: names of ``masks`` that need not have every id (e.g. a GT mask for a slice);
+            an id without one gets an all-255 (ignore) crop.
     Items: ``img`` (3, crop, crop), ``img_dd`` (crop/dd, crop/dd, 3) uint8 (for the in-loop
     CRF), ``y21`` (21,) present labels incl. bg, ``epoch`` (the epoch set by :meth:`set_epoch`,
     0-based) and one (crop/dd, crop/dd) int64 per mask.
     """
 
     def __init__(self, *a, masks: Mapping[str, Mapping[str, str]], resize_range=(1.0, 512 / 448),
-                 dd_stride: int = 4, **kw):
+                 dd_stride: int = 4, optional: Sequence[str] = (), **kw):
         super().__init__(*a, **kw)
         self.masks, self.resize_range, self.dd_stride = masks, resize_range, dd_stride
+        self.optional = set(optional)
 
     def __getitem__(self, i):
         iid = self.ids[i]
@@ -143,6 +146,9 @@ class SegDataset(_Base):
         out = {"img": torch.from_numpy(normalize(im)), "img_dd": torch.from_numpy(resize_image(im, (dd, dd)).copy()),
                "y21": multi_hot(self.labels[iid], with_bg=True), "idx": i, "epoch": self.epoch}
         for name, paths in self.masks.items():
+            if iid not in paths and name in self.optional:
+                out[name] = torch.full((dd, dd), IGNORE, dtype=torch.int64)
+                continue
             m = load_mask_png(paths[iid])
             if m.shape != img.shape[:2]:
                 raise ValueError(f"{paths[iid]}: mask {m.shape} does not match image {img.shape[:2]}")

@@ -158,14 +158,67 @@ def dynamic_masks(model, out: dict, img_dd: np.ndarray, md0: torch.Tensor, y21: 
             "d1(K1)": dk1, "d1(A1)": da1, "d2(D0)": dd0, "d2(D1)": dd1}
 
 
+class DynamicDiagnostics:
+    """Is the dynamic stage refining? Per epoch, on training crops that have GT (issue 18; DESIGN
+    §3.6): mIoU against the GT of m^D0 (the labels the stage starts from) and of the masks one
+    iteration makes from the model being trained (m^K1 main head, m^A1 its CRF, m^D1, m^D2, what
+    the main head learns from), and where m^K1 ≠ m^A1 how often each is right: the paper's
+    precondition is that the advice m^A1 is right more often than wrong there
+    (|S^{A,T}| > |S^{A,F}|). Bookkeeping over the masks the training step computes anyway.
+    """
+
+    MASKS = ("D0", "K1", "A1", "D1", "D2")
+
+    def __init__(self):
+        self.history: list[dict] = []
+        self._reset()
+
+    def _reset(self):
+        from .metrics import ConfusionMatrix
+
+        self.cms = {m: ConfusionMatrix() for m in self.MASKS}
+        self.diff = np.zeros(3, dtype=np.int64)  # valid pixels where K1 ≠ A1; of those A1 right; K1 right
+
+    def update(self, masks: dict, gt: torch.Tensor) -> None:
+        """Add a batch: ``masks`` name → (B, h, w) int64 (at least :attr:`MASKS`), ``gt`` (B, h, w)
+        int64 with 255 = no GT (crops of ids without GT are all 255 and add nothing)."""
+        g = gt.cpu().numpy()
+        ms = {m: masks[m].detach().cpu().numpy() for m in self.MASKS}
+        for b in range(g.shape[0]):
+            if not (g[b] != 255).any():
+                continue
+            for m in self.MASKS:
+                pred, tgt = ms[m][b], g[b].copy()
+                tgt[pred == 255] = 255  # a mask's own ignore pixels are not scored
+                self.cms[m].update(np.where(pred == 255, 0, pred), tgt)
+            v = (g[b] != 255) & (ms["K1"][b] != ms["A1"][b])
+            self.diff += [int(v.sum()), int((v & (ms["A1"][b] == g[b])).sum()), int((v & (ms["K1"][b] == g[b])).sum())]
+
+    def end_epoch(self, epoch: int) -> dict:
+        """Close epoch ``epoch`` (1-based): append its row to :attr:`history`, reset, return it.
+        ``miou`` per mask over the classes in GT (None without GT pixels); ``k1_ne_a1`` pixels,
+        ``a1_right`` / ``k1_right`` fractions of them."""
+        n = int(self.diff[0])
+        row = {"epoch": int(epoch), "crops": int(self.cms["D0"].n_images),
+               "miou": {m: self.cms[m].compute()["miou"] for m in self.MASKS},
+               "k1_ne_a1": n, "a1_right": float(self.diff[1] / n) if n else None,
+               "k1_right": float(self.diff[2] / n) if n else None}
+        self.history = [r for r in self.history if r["epoch"] != row["epoch"]] + [row]
+        self._reset()
+        return row
+
+
 def make_dynamic_step(loss_kind: str, crf: InLoopCRF, biases: ssdd.Biases, alpha: float = 0.5, flag_ratio: float = 0.5,
-                      warmup_epochs: int = 0):
+                      warmup_epochs: int = 0, diagnostics: DynamicDiagnostics | None = None):
     """Dynamic region refinement, one iteration (SSDD Eq. 11-15, DESIGN §3.6).
 
     ``warmup_epochs`` (beyond the paper, 0 = paper): in the batches of epochs < warmup_epochs
     (``batch['epoch']``) the seg heads learn from m^D0 alone (m^D2 and m^D1 are replaced by
     m^D0 in the seg losses) while the DD-Nets train on their usual targets, so short runs do
     not feed an untrained head's own predictions back as labels.
+
+    ``diagnostics``: when given and the batch has ``GT`` crops, the iteration's masks are added
+    to it (:class:`DynamicDiagnostics`; nothing else changes).
     """
     def step(model, batch, device):
         x = batch["img"].to(device)
@@ -175,6 +228,8 @@ def make_dynamic_step(loss_kind: str, crf: InLoopCRF, biases: ssdd.Biases, alpha
         r = dynamic_masks(model, out, batch["img_dd"].numpy(), md0, y21, crf, biases, flag_ratio)
         mk1, ma1, msub, md1, md2, flags1 = r["K1"], r["A1"], r["sub"], r["D1"], r["D2"], r["flags1"]
         dk1, da1, dd0, dd1 = r["d1(K1)"], r["d1(A1)"], r["d2(D0)"], r["d2(D1)"]
+        if diagnostics is not None and "GT" in batch:
+            diagnostics.update({**r, "D0": md0}, batch["GT"])
         warm = int(torch.as_tensor(batch.get("epoch", 0)).flatten()[0]) < warmup_epochs
         l_main = seg_loss(lm, md0 if warm else md2, loss_kind)
         l_sub = alpha * seg_loss(ls, md0, loss_kind) + (1 - alpha) * seg_loss(ls, md0 if warm else md1, loss_kind)

@@ -74,7 +74,7 @@ def make_optimizer(model, lr: float, weight_decay: float, new_lr_mult: float = 1
 def fit(model, dataset, step_fn: Callable, out_path: str, *, epochs: int, batch_size: int, lr: float,
         weight_decay: float, schedule: str, device: torch.device, seed: int, threads: int = 1,
         nan_policy: str = "error", resume_key: str = "", amp: bool = False, max_steps: int | None = None,
-        logger: logging.Logger = log) -> dict:
+        logger: logging.Logger = log, on_epoch_end: Callable[[int], None] | None = None) -> dict:
     """Train ``model`` and write its ``state_dict`` to ``out_path`` (atomically).
 
     A resume state (model, optimizer, epoch, step, losses) is written after every epoch to
@@ -86,6 +86,8 @@ def fit(model, dataset, step_fn: Callable, out_path: str, *, epochs: int, batch_
         nan_policy: ``error`` stops on a non-finite loss naming epoch / step / term;
             ``skip`` drops the batch with a warning (counted in the log).
         max_steps: stop after this many optimizer steps in total (for quick tests).
+        on_epoch_end: called with the 1-based epoch after each epoch, before its resume state is
+            written (e.g. to close per-epoch statistics a step function gathered).
     Returns:
         dict with per-epoch mean losses and counts of skipped batches.
     Raises:
@@ -156,6 +158,8 @@ def fit(model, dataset, step_fn: Callable, out_path: str, *, epochs: int, batch_
         means = {k: v / max(1, n) for k, v in sums.items()}
         history.append({"epoch": epoch + 1, "steps": n, **means})
         logger.info("epoch %d/%d: %s", epoch + 1, epochs, " ".join(f"{k}={v:.4f}" for k, v in means.items()))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1)
         save_checkpoint(resume_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
                                       "epoch": epoch + 1, "step": step, "history": json.dumps(history),
                                       "skipped": skipped, "resume_key": resume_key})

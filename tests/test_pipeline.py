@@ -116,6 +116,14 @@ def test_tiny_end_to_end(tiny_run):
     again = ssdd.integrate(upsample_dd(d["d_k"], mk.shape), upsample_dd(d["d_a"], mk.shape), mk.astype(np.int64),
                            ma.astype(np.int64), d["flags"].astype(bool), 0.1, 1.0, 0.1)
     assert (again == md).mean() > 0.999  # float16 storage may flip a tie
+    # the dynamic stage's per-epoch diagnostics on training crops with GT, and their figure
+    dyn = json.loads((wf / "results" / "diagnostics" / "dynamic.json").read_text())
+    assert dyn["ids"] >= 2 and [r["epoch"] for r in dyn["epochs"]] == [1]
+    assert 1 <= dyn["epochs"][0]["crops"] <= dyn["ids"]
+    assert set(dyn["epochs"][0]["miou"]) == {"D0", "K1", "A1", "D1", "D2"}
+    assert 0 < dyn["epochs"][0]["miou"]["D0"] <= 1
+    assert (wf / "results" / "report" / "dynamic_epochs.png").stat().st_size > 0
+    assert not list((wf / "results" / "models").glob("*.diag.json"))
     # each training rule logged per-epoch losses; benchmarks recorded
     assert "epoch 1/1:" in (wf / "logs" / "train_static.log").read_text()
     assert (wf / "benchmarks" / "train_dynamic.tsv").exists()

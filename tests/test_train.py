@@ -270,3 +270,24 @@ def test_inloop_crf_gives_advice_at_the_dd_resolution(sample):
             right_after += int(((out == gt) & valid).sum())
         crf.close()
         assert right_after > right_before, (scale, right_before, right_after)
+
+
+def test_dynamic_diagnostics_on_hand_made_masks():
+    """mIoU per mask against GT and the precondition counts where m^K1 ≠ m^A1; crops without GT
+    (all 255) add nothing; a mask's own 255 pixels are not scored."""
+    from ssdd_core.refinement import DynamicDiagnostics
+
+    gt = torch.tensor([[[0, 0, 1, 1]] * 4, [[255] * 4] * 4])  # crop 2: no GT
+    zeros = torch.zeros_like(gt)
+    d0 = gt.clone()
+    d0[0, 0, 0] = 255  # ignored in m^D0 only
+    diag = DynamicDiagnostics()
+    diag.update({"D0": d0, "K1": zeros, "A1": gt.clamp(max=1), "D1": gt.clamp(max=1), "D2": zeros}, gt)
+    row = diag.end_epoch(1)
+    assert row["crops"] == 1 and row["epoch"] == 1
+    assert row["miou"]["D0"] == 1.0 and row["miou"]["A1"] == 1.0 and row["miou"]["D1"] == 1.0
+    assert row["miou"]["K1"] == pytest.approx((0.5 + 0.0) / 2) and row["miou"]["D2"] == row["miou"]["K1"]
+    assert row["k1_ne_a1"] == 8 and row["a1_right"] == 1.0 and row["k1_right"] == 0.0
+    diag.update({m: zeros for m in DynamicDiagnostics.MASKS}, gt)
+    assert diag.end_epoch(2)["k1_ne_a1"] == 0 and [r["epoch"] for r in diag.history] == [1, 2]
+    assert diag.end_epoch(2)["crops"] == 0 and len(diag.history) == 2  # epoch 2 replaced, not added

@@ -56,11 +56,11 @@ class StageContext:
             raise ValueError("this stage was given no labels file")
         return read_json(self.labels_json)["labels"]
 
-    def fit(self, model, dataset, step, out: str, block: dict, schedule: str, key: list) -> dict:
+    def fit(self, model, dataset, step, out: str, block: dict, schedule: str, key: list, on_epoch_end=None) -> dict:
         """:func:`ssdd_core.train.fit` with a training block's settings (``epochs``, ``batch``,
         ``lr``, ``weight_decay``, ``max_steps``) and the run's seed, device, threads, AMP and NaN
         policy; ``key`` (config blocks and input files) makes the resume key."""
         return fit(model, dataset, step, out, epochs=block["epochs"], batch_size=block["batch"], lr=block["lr"],
                    weight_decay=block["weight_decay"], schedule=schedule, device=self.device, seed=self.cfg["seed"],
                    threads=self.threads, nan_policy=self.cfg["nan_policy"], resume_key=config_hash(key),
-                   amp=self.cfg["amp"], max_steps=block.get("max_steps"), logger=log)
+                   amp=self.cfg["amp"], max_steps=block.get("max_steps"), logger=log, on_epoch_end=on_epoch_end)

@@ -11,9 +11,21 @@ from .. import psa as psa_mod
 from ..crf import CRFParams, dense_crf
 from ..datasets import SegDataset
 from ..infer import static_integrate
-from ..io import H5Writer, atomic_dir, files_key, id_map, load_mask_png, read_h5, read_h5_ids, read_shard_ids, save_mask
+from ..io import (
+    H5Writer,
+    atomic_dir,
+    files_key,
+    id_map,
+    load_mask_png,
+    read_h5,
+    read_h5_ids,
+    read_json,
+    read_shard_ids,
+    save_mask,
+    write_json,
+)
 from ..models import factory
-from ..refinement import InLoopCRF, make_baseline_step, make_dynamic_step, make_static_step
+from ..refinement import DynamicDiagnostics, InLoopCRF, make_baseline_step, make_dynamic_step, make_static_step
 from ..ssdd import Biases
 from .context import StageContext, progress
 
@@ -41,10 +53,11 @@ def _given(path: str | None) -> list[str]:
     return [] if path is None else [path]
 
 
-def _seg_fit(ctx: StageContext, block: dict, model, ds, step, out: str, key_extra) -> dict:
+def _seg_fit(ctx: StageContext, block: dict, model, ds, step, out: str, key_extra, on_epoch_end=None) -> dict:
     """Seg training with a block's settings, cosine schedule (the SSDD stages and seg rows)."""
     cfg = ctx.cfg
-    return ctx.fit(model, ds, step, out, block, "cosine", [block, cfg["seg"], cfg["model"], cfg["seed"], key_extra])
+    return ctx.fit(model, ds, step, out, block, "cosine", [block, cfg["seg"], cfg["model"], cfg["seed"], key_extra],
+                   on_epoch_end)
 
 
 def train_static(cfg: dict, cls_pt: str | None, labels_json: str, split_files, k0_dirs, a0_dirs, out: str,
@@ -120,22 +133,46 @@ def inloop_crf(cfg: dict, threads: int = 2) -> InLoopCRF:
                      float(d["crf_kernel_scale"]))
 
 
-def train_dynamic(cfg, cls_pt: str | None, labels_json, split_files, d0_dirs, out, threads=2) -> dict:
-    """Dynamic region refinement (Eq. 11-15) → ``dynamic.pt`` (heads main/sub, DD-Nets d1/d2)."""
+def train_dynamic(cfg, cls_pt: str | None, labels_json, split_files, d0_dirs, out, threads=2,
+                  diag_json: str | None = None) -> dict:
+    """Dynamic region refinement (Eq. 11-15) → ``dynamic.pt`` (heads main/sub, DD-Nets d1/d2).
+
+    With ``diag_json``, the per-epoch :class:`~ssdd_core.refinement.DynamicDiagnostics` on the
+    crops of every ``dynamic.diagnostics_every``-th training id with GT go there (JSON
+    ``{"ids": n, "epochs": [...]}``; ``{"ids": 0, "epochs": []}`` when off or no id has GT).
+    """
     ctx = StageContext(cfg, threads, labels_json)
     d = cfg["dynamic"]
     d0 = id_map(split_files, d0_dirs, ".png")
     ids = sorted(i for i in ctx.labels if i in d0)
+    every = int(d["diagnostics_every"]) if diag_json else 0
+    gt = {i: str(ctx.voc.mask_path(i)) for i in ids if ctx.voc.mask_path(i).exists()}
+    gt = {i: gt[i] for i in sorted(gt)[::every]} if every else {}
+    diag = DynamicDiagnostics() if gt else None
+    partial = Path(str(out) + ".diag.json")  # survives an interrupted run, like the resume state
+    if diag is not None and partial.exists():
+        diag.history = read_json(partial).get("epochs", [])
+
+    def end_epoch(epoch: int) -> None:
+        if diag is not None:
+            row = diag.end_epoch(epoch)
+            log.info("dynamic diagnostics, epoch %d: %s", epoch, row)
+            write_json(partial, {"ids": len(gt), "epochs": diag.history})
+
     model = factory.for_training(cfg, "dynamic", cls_pt)
-    ds = SegDataset(ctx.voc, ids, ctx.labels, d["crop"], seed=cfg["seed"], masks={"D0": d0},
-                    resize_range=tuple(d["resize_range"]), dd_stride=cfg["seg"]["dd_stride"])
+    ds = SegDataset(ctx.voc, ids, ctx.labels, d["crop"], seed=cfg["seed"], masks={"D0": d0, "GT": gt},
+                    resize_range=tuple(d["resize_range"]), dd_stride=cfg["seg"]["dd_stride"], optional=("GT",))
     incrf = inloop_crf(cfg, threads)
     try:
         step = make_dynamic_step(cfg["seg"]["seg_loss"], incrf, Biases.from_config(d), d["alpha"], d["flag_ratio"],
-                                 d["warmup_epochs"])
-        res = _seg_fit(ctx, d, model, ds, step, out, [cfg["crf"], files_key([*_given(cls_pt), *d0_dirs])])
+                                 d["warmup_epochs"], diag)
+        res = _seg_fit(ctx, d, model, ds, step, out, [cfg["crf"], files_key([*_given(cls_pt), *d0_dirs])],
+                       end_epoch)
     finally:
         incrf.close()
+    if diag_json:
+        write_json(diag_json, {"ids": len(gt), "epochs": diag.history if diag else []})
+        partial.unlink(missing_ok=True)
     res["crf_seconds_per_iter"] = incrf.seconds / max(1, incrf.calls)
     log.info("in-loop CRF: %.3f s per iteration over %d iterations", res["crf_seconds_per_iter"], incrf.calls)
     return res
