@@ -160,7 +160,8 @@ def train_dynamic(cfg, cls_pt: str | None, labels_json, split_files, d0_dirs, ou
             write_json(partial, {"ids": len(gt), "epochs": diag.history})
 
     model = factory.for_training(cfg, "dynamic", cls_pt)
-    ds = SegDataset(ctx.voc, ids, ctx.labels, d["crop"], seed=cfg["seed"], masks={"D0": d0, "GT": gt},
+    masks = {"D0": d0, **({"GT": gt} if gt else {})}
+    ds = SegDataset(ctx.voc, ids, ctx.labels, d["crop"], seed=cfg["seed"], masks=masks,
                     resize_range=tuple(d["resize_range"]), dd_stride=cfg["seg"]["dd_stride"], optional=("GT",))
     incrf = inloop_crf(cfg, threads)
     try:
