@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -68,6 +69,7 @@ def main():
     ap.add_argument("--every", type=int, default=4, help="hold out every N-th training id")
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     train_files, held = held_out_split(a.results, a.out, a.every)
     mask = "K0" if a.model == "seg" else "D0"
     mask_dirs = [str(a.results / "masks" / mask / Path(f).stem.removeprefix("train_")) for f in train_files]
