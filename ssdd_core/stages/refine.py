@@ -150,8 +150,9 @@ def train_dynamic(cfg, cls_pt: str | None, labels_json, split_files, d0_dirs, ou
     gt = {i: gt[i] for i in sorted(gt)[::every]} if every else {}
     diag = DynamicDiagnostics() if gt else None
     partial = Path(str(out) + ".diag.json")  # survives an interrupted run, like the resume state
-    if diag is not None and partial.exists():
-        diag.history = read_json(partial).get("epochs", [])
+    if diag is not None and partial.exists() and Path(str(out) + ".resume").exists():
+        # rows of epochs this run will not redo (it resumes after them); the others are replaced
+        diag.history = [r for r in read_json(partial).get("epochs", []) if r["epoch"] <= d["epochs"]]
 
     def end_epoch(epoch: int) -> None:
         if diag is not None:
