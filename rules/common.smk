@@ -1,7 +1,4 @@
 # Helpers shared by all rule files (config validation, shard names, input functions).
-import os
-from pathlib import Path
-
 from snakemake.utils import validate
 
 from ssdd_core.config import REP_PATTERN, check_walk_scale, coerce_cli_strings, cuda_visible, rep_suffix, split_rep

@@ -259,6 +259,8 @@ def test_seg_crops_keep_image_and_masks_aligned(tmp_path, sample):
     """A mask made from the image itself (bright red pixels) must still match the image after
     the random resize, flip and crop, at the crop and at the DD resolution; a mask of the
     mirrored image must not."""
+    import torch
+
     from ssdd_core.datasets import SegDataset
     from ssdd_core.io import save_mask
 
@@ -285,17 +287,11 @@ def test_seg_crops_keep_image_and_masks_aligned(tmp_path, sample):
             if red[ok].any() and (~red[ok]).any():
                 agree.append((red == (m == 1))[ok].mean())
                 agree_mirrored.append((red == (f == 1))[ok].mean())
-            assert torch_equal(ds[k]["img"], it["img"])  # draws are per (seed, epoch, index)
+            assert torch.equal(ds[k]["img"], it["img"])  # draws are per (seed, epoch, index)
     assert len(agree) >= 6
     print(f"agreement {np.mean(agree):.3f}, with the mirrored mask {np.mean(agree_mirrored):.3f}")
     assert np.mean(agree) > 0.93, agree
     assert np.mean(agree) - np.mean(agree_mirrored) > 0.05, (agree, agree_mirrored)
-
-
-def torch_equal(a, b) -> bool:
-    import torch
-
-    return torch.equal(a, b)
 
 
 def test_run_suffix_round_trip():
