@@ -27,6 +27,11 @@ def classifier_input(wildcards=None) -> dict:
     return {"cls": "results/models/cls.pt"} if PSA_SEEDS else {}
 
 
+def static_input(block: str):
+    """Input function: the static stage's model for a training rule whose config block ``block``
+    starts from it (``init: static``), none otherwise."""
+    return lambda wildcards=None: {"static": "results/models/static.pt"} if config[block]["init"] == "static" else {}
+
 
 # Rules that run on the device claim `gpu` (the default profile allows gpu=1, so they take
 # turns on one GPU). On a CPU-only machine they claim none, so 1-thread shards (infer) run

@@ -6,6 +6,7 @@
 rule train_dynamic:
     input:
         unpack(classifier_input),
+        unpack(static_input("dynamic")),
         labels="results/labels/train.json",
         ids=shards("results/splits/train/{shard}.txt"),
         d0=shards("results/masks/D0/{shard}"),
@@ -33,6 +34,7 @@ rule train_seg:
     """The seg model trained on one seed mask with L_seg alone (settings: config `baseline`)."""
     input:
         unpack(classifier_input),
+        unpack(static_input("baseline")),
         labels="results/labels/train.json",
         ids=shards("results/splits/train/{shard}.txt"),
         masks=shards("results/masks/{{mask}}/{shard}"),

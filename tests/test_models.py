@@ -240,3 +240,39 @@ def test_every_model_kind_builds_and_runs_for_the_shipped_presets(config):
             assert d.shape[-2:] == (dd, dd) and torch.isfinite(d).all(), (kind, name)
     with pytest.raises(ValueError, match="unknown model kind"):
         factory.build(cfg, "baseline", os_)
+
+
+@torch.no_grad()
+def test_init_from_static_starts_every_head_and_ddnet_from_the_static_model(tmp_path):
+    """``dynamic.init: static`` / ``baseline.init: static`` (issue 18): the dynamic model's heads
+    main and sub both compute the static model's head ``base``, its DD-Nets d1 and d2 the static
+    d0, with the same encoder, so its first masks are the static stage's; a seg row likewise. A
+    checkpoint of another kind (no head ``base``) is refused, naming the file."""
+    import yaml
+
+    from ssdd_core.io import ArtifactError, save_checkpoint
+    from ssdd_core.models import factory
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    torch.manual_seed(0)
+    static = factory.build(cfg, "static", 16).eval()
+    for p in static.parameters():  # not the fresh init, which two fresh models could share by chance
+        p.add_(0.01 * torch.randn_like(p))
+    pt = tmp_path / "static.pt"
+    save_checkpoint(pt, static.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    ref = static(x)
+    mask = ref["logits/base"].argmax(1)
+    dyn = factory.for_training(cfg, "dynamic", None, str(pt)).eval()
+    out = dyn(x)
+    for head, dd in (("main", "d1"), ("sub", "d2")):
+        assert torch.equal(out[f"logits/{head}"], ref["logits/base"]), head
+        assert torch.equal(dyn.dd(dd, out, head, mask), static.dd("d0", ref, "base", mask)), dd
+    seg = factory.for_training(cfg, "seg", None, str(pt)).eval()
+    assert torch.equal(seg(x)["logits/base"], ref["logits/base"])
+    # the classifier start point leaves heads fresh: they do not compute the static head
+    fresh = factory.for_training(cfg, "dynamic", None).eval()
+    assert not torch.allclose(fresh(x)["logits/main"], ref["logits/base"])
+    save_checkpoint(tmp_path / "dynamic.pt", dyn.state_dict())
+    with pytest.raises(ArtifactError, match="dynamic.pt: not a static-stage model"):
+        factory.for_training(cfg, "dynamic", None, str(tmp_path / "dynamic.pt"))

@@ -88,8 +88,39 @@ def init_from_classifier(model: SegModel, cls_pt: str) -> SegModel:
     return model
 
 
-def for_training(cfg: dict, kind: str, cls_pt: str | None) -> SegModel:
-    """A seg model of ``kind`` to train, at ``model.train_output_stride``: encoder from the PSA
+def init_from_static(model: SegModel, static_pt: str) -> SegModel:
+    """Initialise a seg model from the static stage's model (``static.pt``, DESIGN §3.5): the
+    encoder θ_e as trained there, every seg head from its head ``base`` and every DD-Net from its
+    ``d0``. Beyond the paper (which starts the dynamic stage from the classifier): issue 18's lever
+    for a dynamic model whose predictions start at the quality of the seeds (README "Deviations").
+
+    Raises:
+        ArtifactError: unreadable file, or a checkpoint that is not a static model of this config
+            (missing ``base`` head, or a DD-Net needed and no ``d0``, or other shapes).
+    """
+    sd = load_checkpoint(static_pt)
+    new = {}
+    for k, v in sd.items():
+        part, _, rest = k.partition(".")
+        if part == "backbone":
+            new[k] = v
+        elif k.startswith("heads.base."):
+            new.update({f"heads.{h}.{rest.removeprefix('base.')}": v for h in model.heads})
+        elif k.startswith("ddnets.d0."):
+            new.update({f"ddnets.{d}.{rest.removeprefix('d0.')}": v for d in model.ddnets})
+    try:
+        model.load_state_dict(new)
+    except (RuntimeError, TypeError) as e:
+        raise ArtifactError(f"{static_pt}: not a static-stage model matching config 'model' / 'seg' "
+                            f"(heads base, DD-Net d0): {str(e)[:300]}") from e
+    return model
+
+
+def for_training(cfg: dict, kind: str, cls_pt: str | None, static_pt: str | None = None) -> SegModel:
+    """A seg model of ``kind`` to train, at ``model.train_output_stride``: from the static stage's
+    model when ``static_pt`` is given (:func:`init_from_static`), else the encoder from the PSA
     classifier, or from ImageNet weights when there is none (``seeds.source: precomputed``)."""
-    model = build(cfg, kind, cfg["model"]["train_output_stride"], pretrained=cls_pt is None)
+    model = build(cfg, kind, cfg["model"]["train_output_stride"], pretrained=cls_pt is None and static_pt is None)
+    if static_pt is not None:
+        return init_from_static(model, static_pt)
     return init_from_classifier(model, cls_pt) if cls_pt is not None else model

@@ -102,24 +102,42 @@ def integrate(cfg: dict, static_pt: str, labels_json: str, ids_file: str, k0_dir
     return stats
 
 
-def train_seg(cfg, cls_pt: str | None, labels_json, split_files, mask_dirs, out, threads=2) -> dict:
+def _init_static(block: dict, name: str, static_pt: str | None) -> str | None:
+    """``static_pt`` when the block's ``init`` is ``static``, None for ``classifier``.
+
+    Raises:
+        ValueError: ``init: static`` without a static model."""
+    if block["init"] != "static":
+        return None
+    if static_pt is None:
+        raise ValueError(f"config {name}.init is 'static' but no static-stage model (static.pt) was given")
+    return static_pt
+
+
+def train_seg(cfg, cls_pt: str | None, labels_json, split_files, mask_dirs, out, threads=2,
+              static_pt: str | None = None) -> dict:
     """A static-only seg row: the seg model trained with L_seg alone on one seed mask, with the
     ``baseline`` block's settings. On m^K0 it is the PSA-style baseline (DESIGN §3.7); on m^A0 and
     m^D0 the paper's "PSA + CRF" and "static region refinement" rows (Fig. 8).
 
     Args:
         mask_dirs: per-shard folders of the mask's PNGs, aligned with ``split_files``.
+        static_pt: the static stage's model; the start point with ``baseline.init: static``
+            (:func:`~ssdd_core.models.factory.init_from_static`), ignored otherwise.
     Returns: :func:`ssdd_core.train.fit`'s summary; writes the checkpoint ``out``.
+    Raises:
+        ValueError: ``baseline.init: static`` and no ``static_pt``.
     """
     ctx = StageContext(cfg, threads, labels_json)
     b = cfg["baseline"]
+    static_pt = _init_static(b, "baseline", static_pt)
     masks = id_map(split_files, mask_dirs, ".png")
     ids = sorted(i for i in ctx.labels if i in masks)
-    model = factory.for_training(cfg, "seg", cls_pt)
+    model = factory.for_training(cfg, "seg", cls_pt, static_pt)
     ds = SegDataset(ctx.voc, ids, ctx.labels, b["crop"], seed=cfg["seed"], masks={"M": masks},
                     resize_range=tuple(b["resize_range"]), dd_stride=cfg["seg"]["dd_stride"])
     return _seg_fit(ctx, b, model, ds, make_baseline_step("M", cfg["seg"]["seg_loss"]), out,
-                    files_key([*_given(cls_pt), *mask_dirs]))
+                    files_key([*_given(cls_pt), *_given(static_pt), *mask_dirs]))
 
 
 def inloop_crf(cfg: dict, threads: int = 2) -> InLoopCRF:
@@ -134,8 +152,13 @@ def inloop_crf(cfg: dict, threads: int = 2) -> InLoopCRF:
 
 
 def train_dynamic(cfg, cls_pt: str | None, labels_json, split_files, d0_dirs, out, threads=2,
-                  diag_json: str | None = None) -> dict:
+                  diag_json: str | None = None, static_pt: str | None = None) -> dict:
     """Dynamic region refinement (Eq. 11-15) → ``dynamic.pt`` (heads main/sub, DD-Nets d1/d2).
+
+    The model starts from the PSA classifier's encoder (``dynamic.init: classifier``, the paper)
+    or from ``static_pt``, the static stage's model (``init: static``: encoder, both heads from
+    its head, both DD-Nets from its DD-Net; beyond the paper). Raises ValueError for
+    ``init: static`` without ``static_pt``.
 
     With ``diag_json``, the per-epoch :class:`~ssdd_core.refinement.DynamicDiagnostics` on the
     crops of every ``dynamic.diagnostics_every``-th training id with GT go there (JSON
@@ -143,6 +166,7 @@ def train_dynamic(cfg, cls_pt: str | None, labels_json, split_files, d0_dirs, ou
     """
     ctx = StageContext(cfg, threads, labels_json)
     d = cfg["dynamic"]
+    static_pt = _init_static(d, "dynamic", static_pt)
     d0 = id_map(split_files, d0_dirs, ".png")
     ids = sorted(i for i in ctx.labels if i in d0)
     every = int(d["diagnostics_every"]) if diag_json else 0
@@ -160,7 +184,7 @@ def train_dynamic(cfg, cls_pt: str | None, labels_json, split_files, d0_dirs, ou
             log.info("dynamic diagnostics, epoch %d: %s", epoch, row)
             write_json(partial, {"ids": len(gt), "epochs": diag.history})
 
-    model = factory.for_training(cfg, "dynamic", cls_pt)
+    model = factory.for_training(cfg, "dynamic", cls_pt, static_pt)
     masks = {"D0": d0, **({"GT": gt} if gt else {})}
     ds = SegDataset(ctx.voc, ids, ctx.labels, d["crop"], seed=cfg["seed"], masks=masks,
                     resize_range=tuple(d["resize_range"]), dd_stride=cfg["seg"]["dd_stride"], optional=("GT",))
@@ -168,7 +192,7 @@ def train_dynamic(cfg, cls_pt: str | None, labels_json, split_files, d0_dirs, ou
     try:
         step = make_dynamic_step(cfg["seg"]["seg_loss"], incrf, Biases.from_config(d), d["alpha"], d["flag_ratio"],
                                  d["warmup_epochs"], diag)
-        res = _seg_fit(ctx, d, model, ds, step, out, [cfg["crf"], files_key([*_given(cls_pt), *d0_dirs])],
+        res = _seg_fit(ctx, d, model, ds, step, out, [cfg["crf"], files_key([*_given(cls_pt), *_given(static_pt), *d0_dirs])],
                        end_epoch)
     finally:
         incrf.close()
