@@ -192,8 +192,8 @@ def train_dynamic(cfg, cls_pt: str | None, labels_json, split_files, d0_dirs, ou
     try:
         step = make_dynamic_step(cfg["seg"]["seg_loss"], incrf, Biases.from_config(d), d["alpha"], d["flag_ratio"],
                                  d["warmup_epochs"], diag)
-        res = _seg_fit(ctx, d, model, ds, step, out, [cfg["crf"], files_key([*_given(cls_pt), *_given(static_pt), *d0_dirs])],
-                       end_epoch)
+        key = [cfg["crf"], files_key([*_given(cls_pt), *_given(static_pt), *d0_dirs])]
+        res = _seg_fit(ctx, d, model, ds, step, out, key, end_epoch)
     finally:
         incrf.close()
     if diag_json:
