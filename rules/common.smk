@@ -1,7 +1,17 @@
 # Helpers shared by all rule files (config validation, shard names, input functions).
+import sys
+
 from snakemake.utils import validate
 
-from ssdd_core.config import REP_PATTERN, check_walk_scale, coerce_cli_strings, cuda_visible, rep_suffix, split_rep
+from ssdd_core.config import (
+    REP_PATTERN,
+    check_walk_scale,
+    coerce_cli_strings,
+    cuda_visible,
+    rep_suffix,
+    schedule_differences,
+    split_rep,
+)
 from ssdd_core.versions import CODE_VERSION
 
 # `--config crf='{"bi_w": 5}'` arrives as strings: convert to the schema's types, then validate.
@@ -12,6 +22,11 @@ _walk_problem = config["psa"]["walk_long_side"] is not None and check_walk_scale
     config["psa"]["walk_long_side"], config["aff"]["crop"], config["aff"]["scale_range"], " (psa.walk_long_side)")
 if _walk_problem:
     raise ValueError(f"config: {_walk_problem}")
+# The ablation compares the static-only rows with the dynamic model: same schedule (issue 18).
+_unfair = schedule_differences(config)
+if _unfair:
+    print("WARNING: config 'baseline' and 'dynamic' train differently, so the ablation rows are not a like-for-like "
+          "comparison with SSDD: " + "; ".join(_unfair), file=sys.stderr)
 
 SHARDS = [f"{i:03d}" for i in range(config["shards"])]
 

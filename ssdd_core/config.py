@@ -92,6 +92,22 @@ def check_walk_scale(long_side: int, crop: int, scale_range: Sequence[float], wh
             f"inside that range (or train AffinityNet at the walk's scale)")
 
 
+# the settings that make the static-only rows and the dynamic model a like-for-like comparison
+SCHEDULE_KEYS = ("init", "epochs", "batch", "lr", "weight_decay", "crop", "resize_range", "max_steps")
+
+
+def schedule_differences(cfg: dict) -> list[str]:
+    """Where the ``baseline`` block (the static-only rows K0 / A0 / D0) and the ``dynamic`` block
+    (the SSDD model) train differently (issue 18: the ablation compares like with like).
+
+    Returns:
+        one "key: baseline X, dynamic Y" string per :data:`SCHEDULE_KEYS` entry that differs
+        (an absent key counts as None); empty when the comparison is fair.
+    """
+    b, d = cfg["baseline"], cfg["dynamic"]
+    return [f"{k}: baseline {b.get(k)!r}, dynamic {d.get(k)!r}" for k in SCHEDULE_KEYS if b.get(k) != d.get(k)]
+
+
 def cuda_visible() -> bool:
     """Whether this host shows a CUDA device, without importing torch (it takes seconds): a
     non-empty ``CUDA_VISIBLE_DEVICES`` other than ``-1``, else an ``/dev/nvidia<N>`` device node.

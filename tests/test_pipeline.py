@@ -162,6 +162,9 @@ def test_unrelated_config_change_does_not_rerun_ssdd_score(tiny_run, override):
     wf, _ = tiny_run
     p = snakemake(wf, "-n", "results/miou.json", "--configfile", "config/tiny.yaml", "--config", override)
     assert _dry_run_jobs(p) == {}, p.stdout[-2000:]
+    # a baseline schedule unlike the dynamic model's is allowed, with a warning (issue 18)
+    unfair = "ablation rows are not a like-for-like comparison with SSDD: epochs: baseline 2, dynamic 1"
+    assert (unfair in p.stderr) == override.startswith("baseline"), p.stderr[-2000:]
 
 
 def test_code_version_bump_reruns_the_stage_and_downstream_only(tiny_run, tmp_path):
@@ -221,6 +224,26 @@ def test_repeats_add_seeded_runs_of_the_seg_stages_only(tiny_run):
     for out in ("results/models/seg_K0-r1.pt", "results/models/seg_D0-r1.pt", "results/models/dynamic-r1.pt",
                 "results/miou-r1.json", "results/miou_seg_A0-r1.json"):
         assert out in p.stdout, out
+
+
+@pytest.mark.parametrize("init", ["classifier", "static"])
+def test_init_static_makes_the_static_model_an_input_of_the_seg_stages(wf, init):
+    """`baseline.init` / `dynamic.init: static` (issue 18) add results/models/static.pt to the
+    inputs of train_seg and train_dynamic; with `classifier` the K0 row does not need the static
+    stage at all."""
+    over = f"baseline={{'init': '{init}'}}", f"dynamic={{'init': '{init}'}}"
+    p = snakemake(wf, "-n", "results/models/seg_K0.pt", "results/models/dynamic.pt", "--configfile",
+                  "config/tiny.yaml", "--config", *over)
+    jobs = {}
+    for block in p.stdout.split("rule ")[1:]:
+        name = block.split(":", 1)[0].strip()
+        inputs = next((ln for ln in block.splitlines() if ln.strip().startswith("input:")), "")
+        jobs[name] = inputs
+    assert {"train_seg", "train_dynamic", "train_static"} <= set(jobs), list(jobs)
+    for rule in ("train_seg", "train_dynamic"):
+        assert ("results/models/static.pt" in jobs[rule]) == (init == "static"), (rule, jobs[rule])
+    k0 = snakemake(wf, "-n", "results/models/seg_K0.pt", "--configfile", "config/tiny.yaml", "--config", over[0])
+    assert ("train_static" in _dry_run_jobs(k0)) == (init == "static")
 
 
 def _tree_bytes(d):

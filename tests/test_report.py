@@ -71,3 +71,27 @@ def test_static_only_rows_train_like_the_dynamic_model(configfile):
     cfg = merged_config([repo / configfile] if configfile else [])
     for k in ("epochs", "batch", "lr", "weight_decay", "crop", "resize_range"):
         assert cfg["baseline"][k] == cfg["dynamic"][k], (configfile, k)
+
+
+@pytest.mark.parametrize("configfile", [None, "config/voc2012_mini.yaml", "config/tiny.yaml", "config/paper.yaml",
+                                        "config/gpu_mini.yaml"])
+def test_shipped_configs_train_the_rows_like_the_dynamic_model(configfile):
+    """Issue 18: the static-only rows (`baseline`) and SSDD's dynamic model get the same start
+    point, epochs, optimiser and schedule in every shipped config; a difference is named."""
+    import copy
+
+    import yaml
+    from conftest import REPO
+    from snakemake.utils import update_config
+
+    from ssdd_core.config import schedule_differences
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    if configfile:
+        update_config(cfg, yaml.safe_load((REPO / configfile).read_text()))
+    assert schedule_differences(cfg) == []
+    other = copy.deepcopy(cfg)
+    other["baseline"]["lr"] *= 2
+    other["dynamic"]["init"] = "static" if cfg["dynamic"]["init"] == "classifier" else "classifier"
+    diff = schedule_differences(other)
+    assert len(diff) == 2 and diff[0].startswith("init: baseline") and diff[1].startswith("lr: baseline")
