@@ -232,7 +232,8 @@ def test_init_static_makes_the_static_model_an_input_of_the_seg_stages(wf, init)
     inputs of train_seg and train_dynamic; with `classifier` the K0 row does not need the static
     stage at all."""
     over = f"baseline={{'init': '{init}'}}", f"dynamic={{'init': '{init}'}}"
-    p = snakemake(wf, "-n", "results/models/seg_K0.pt", "results/models/dynamic.pt", "--configfile",
+    # --forceall: the whole DAG of the targets, whatever a test before this one left in wf
+    p = snakemake(wf, "-n", "--forceall", "results/models/seg_K0.pt", "results/models/dynamic.pt", "--configfile",
                   "config/tiny.yaml", "--config", *over)
     jobs = {}
     for block in p.stdout.split("rule ")[1:]:
@@ -242,7 +243,8 @@ def test_init_static_makes_the_static_model_an_input_of_the_seg_stages(wf, init)
     assert {"train_seg", "train_dynamic", "train_static"} <= set(jobs), list(jobs)
     for rule in ("train_seg", "train_dynamic"):
         assert ("results/models/static.pt" in jobs[rule]) == (init == "static"), (rule, jobs[rule])
-    k0 = snakemake(wf, "-n", "results/models/seg_K0.pt", "--configfile", "config/tiny.yaml", "--config", over[0])
+    k0 = snakemake(wf, "-n", "--forceall", "results/models/seg_K0.pt", "--configfile", "config/tiny.yaml", "--config",
+                   over[0])
     assert ("train_static" in _dry_run_jobs(k0)) == (init == "static")
 
 
