@@ -22,7 +22,7 @@ stage's model, trained here on the same 3 of 4 ids):
         --variant classifier:dynamic.init=\\"classifier\\" --variant static:dynamic.init=\\"static\\"
 
 A dynamic variant also writes its per-epoch diagnostics on training crops
-(``OUT/<variant>/diagnostics.json``, README "Dynamic diagnostics").
+(``OUT/<variant>/diagnostics.json``, as ``results/diagnostics/dynamic.json`` of the workflow).
 
 Needs a finished run's ``results/`` (labels, splits, masks/K0 or D0, models/cls.pt). Writes
 ``OUT/<variant>/`` (model, predictions, score JSON), ``OUT/results.json`` and prints a per-class
@@ -33,7 +33,6 @@ ids) on a 2-core machine at ~1 s per classifier step; a dynamic variant about 2.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -49,6 +48,7 @@ from config_files import merged_config  # noqa: E402
 from ssdd_core import stages  # noqa: E402
 from ssdd_core.data import CLASS_NAMES  # noqa: E402
 from ssdd_core.io import read_json, read_shard_ids  # noqa: E402
+from ssdd_core.train import config_hash  # noqa: E402
 
 
 def held_out_split(results: Path, out: Path, every: int) -> tuple[list[str], str]:
@@ -83,7 +83,10 @@ def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     train_files, held = held_out_split(a.results, a.out, a.every)
     mask = "K0" if a.model == "seg" else "D0"
-    mask_dirs = [str(a.results / "masks" / mask / Path(f).stem.removeprefix("train_")) for f in train_files]
+    def shard_dirs(m: str) -> list[str]:  # per-shard folders of mask m, aligned with train_files
+        return [str(a.results / "masks" / m / Path(f).stem.removeprefix("train_")) for f in train_files]
+
+    mask_dirs = shard_dirs(mask)
     base = merged_config(a.configfile)
     # the held-out training images, scored against the training GT with the test-time pipeline
     eval_cfg = {"root": base["data"]["root"], "gt_dir": base["data"]["gt_dir"], "split": held}
@@ -114,15 +117,12 @@ def main():
         if cfg["baseline" if a.model == "seg" else "dynamic"]["init"] == "static":
             # the static stage trained on the same 3 of 4 ids (not the run's static.pt, which saw
             # the held-out images), with the variant's config; shared by variants of one config
-            key = hashlib.sha256(json.dumps([cfg[k] for k in ("model", "seg", "static", "seed")],
-                                            sort_keys=True).encode()).hexdigest()[:10]
+            key = config_hash([cfg[k] for k in ("model", "seg", "static", "seed")])
             static_pt = str(a.out / f"static_{key}.pt")
             if not Path(static_pt).exists():
                 t0 = time.time()
-                dirs = {m: [str(a.results / "masks" / m / Path(f).stem.removeprefix("train_")) for f in train_files]
-                        for m in ("K0", "A0")}
-                stages.train_static(cfg, cls_pt, labels_json, train_files, dirs["K0"], dirs["A0"], static_pt,
-                                    a.threads)
+                stages.train_static(cfg, cls_pt, labels_json, train_files, shard_dirs("K0"), shard_dirs("A0"),
+                                    static_pt, a.threads)
                 t["static_train_s"] = time.time() - t0
         if not model.exists():
             t0 = time.time()
