@@ -276,3 +276,24 @@ def test_init_from_static_starts_every_head_and_ddnet_from_the_static_model(tmp_
     save_checkpoint(tmp_path / "dynamic.pt", dyn.state_dict())
     with pytest.raises(ArtifactError, match="dynamic.pt: not a static-stage model"):
         factory.for_training(cfg, "dynamic", None, str(tmp_path / "dynamic.pt"))
+
+
+@pytest.mark.parametrize("stage,block", [("train_seg", "baseline"), ("train_dynamic", "dynamic")])
+def test_init_static_without_a_static_model_is_refused_before_training(tmp_path, stage, block):
+    """``<block>.init: static`` with no static model given (a caller that forgot the input) stops
+    with a ValueError naming the key, before any checkpoint is written; the workflow's rules pass
+    ``static.pt`` exactly then (tests/test_pipeline.py)."""
+    import yaml
+
+    from ssdd_core import stages
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg[block]["init"] = "static"
+    out = tmp_path / "model.pt"
+    with pytest.raises(ValueError, match=rf"{block}\.init is 'static' but no static-stage model"):
+        getattr(stages, stage)(cfg, None, str(tmp_path / "labels.json"), [], [], str(out), 1)
+    assert not out.exists()
+    cfg[block]["init"] = "classifier"  # the other start point gets past the check (and fails on the missing labels)
+    with pytest.raises(Exception) as e:
+        getattr(stages, stage)(cfg, None, str(tmp_path / "labels.json"), [], [], str(out), 1)
+    assert "static-stage model" not in str(e.value)
