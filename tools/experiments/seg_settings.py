@@ -26,8 +26,10 @@ A dynamic variant also writes its per-epoch diagnostics on training crops
 
 Needs a finished run's ``results/`` (labels, splits, masks/K0 or D0, models/cls.pt). Writes
 ``OUT/<variant>/`` (model, predictions, score JSON), ``OUT/results.json`` and prints a per-class
-table; a step whose output exists is skipped, so an interrupted sweep resumes. Costs per seg
-variant on voc2012_mini about 12 min of training (4 epochs on 777 ids) and 5 min of inference (260
+table; a step whose output exists is skipped, so an interrupted sweep resumes. A variant with
+``init: static`` first trains the static stage on the same 3 of 4 ids, cached for every OUT in
+``RESULTS/experiments/static_held_out/`` (keyed by its config, ``--every`` and the input files).
+Costs per seg variant on voc2012_mini about 12 min of training (4 epochs on 777 ids) and 5 min of inference (260
 ids) on a 2-core machine at ~1 s per classifier step; a dynamic variant about 2.5x the training.
 """
 from __future__ import annotations
@@ -47,7 +49,7 @@ from config_files import merged_config  # noqa: E402
 
 from ssdd_core import stages  # noqa: E402
 from ssdd_core.data import CLASS_NAMES  # noqa: E402
-from ssdd_core.io import read_json, read_shard_ids  # noqa: E402
+from ssdd_core.io import files_key, read_json, read_shard_ids  # noqa: E402
 from ssdd_core.train import config_hash  # noqa: E402
 
 
@@ -116,9 +118,13 @@ def main():
         static_pt = None
         if cfg["baseline" if a.model == "seg" else "dynamic"]["init"] == "static":
             # the static stage trained on the same 3 of 4 ids (not the run's static.pt, which saw
-            # the held-out images), with the variant's config; shared by variants of one config
-            key = config_hash([cfg[k] for k in ("model", "seg", "static", "seed")])
-            static_pt = str(a.out / f"static_{key}.pt")
+            # the held-out images), with the variant's config; one cache for every experiment
+            # folder, keyed by that config, the held-out split and the input files
+            key = config_hash([*(cfg[k] for k in ("model", "seg", "static", "seed")), a.every,
+                               files_key([cls_pt, *shard_dirs("K0"), *shard_dirs("A0")])])
+            cache = a.results / "experiments" / "static_held_out"
+            cache.mkdir(parents=True, exist_ok=True)
+            static_pt = str(cache / f"static_every{a.every}_{key}.pt")
             if not Path(static_pt).exists():
                 t0 = time.time()
                 stages.train_static(cfg, cls_pt, labels_json, train_files, shard_dirs("K0"), shard_dirs("A0"),
