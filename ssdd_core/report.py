@@ -104,8 +104,8 @@ def dynamic_epochs(diag_json: str, out_png: str) -> None:
     """The dynamic stage per epoch (``results/diagnostics/dynamic.json``): left, the mIoU against
     the training GT of m^D0 and of m^K1 / m^A1 / m^D1 / m^D2 on the training crops; right, where
     m^K1 ≠ m^A1, the fraction of pixels where the advice m^A1 is right and where m^K1 is (the
-    paper's precondition: the first above the second). An empty panel says the diagnostics were
-    off or no training id had GT."""
+    paper's precondition: the first above the second). Epoch 0 is the start point before any
+    update. An empty panel says the diagnostics were off or no training id had GT."""
     plt = _plt()
     d = read_json(diag_json)
     rows = d.get("epochs", [])
@@ -114,7 +114,7 @@ def dynamic_epochs(diag_json: str, out_png: str) -> None:
     for m, style in (("D0", "k--"), ("K1", "o-"), ("A1", "s-"), ("D1", "^-"), ("D2", "D-")):
         a1.plot(ep, [100 * (r["miou"][m] if r["miou"][m] is not None else np.nan) for r in rows], style,
                 label=f"m^{m}")
-    a1.set_xlabel("epoch")
+    a1.set_xlabel("epoch (0: start point)")
     a1.set_ylabel("mIoU on training crops (train GT)")
     a1.set_title(f"dynamic stage ({d.get('ids', 0)} ids with GT)", fontsize=9)
     for key, label in (("a1_right", "m^A1 right"), ("k1_right", "m^K1 right")):

@@ -291,3 +291,43 @@ def test_dynamic_diagnostics_on_hand_made_masks():
     diag.update({m: zeros for m in DynamicDiagnostics.MASKS}, gt)
     assert diag.end_epoch(2)["k1_ne_a1"] == 0 and [r["epoch"] for r in diag.history] == [1, 2]
     assert diag.end_epoch(2)["crops"] == 0 and len(diag.history) == 2  # epoch 2 replaced, not added
+
+
+def test_dynamic_diagnostics_start_row_leaves_training_unchanged(tmp_path, sample):
+    """Row ``epoch`` 0 of the dynamic diagnostics is the start point on the first epoch's crops,
+    before any update (issue 18: is training moving the masks up or down from where it starts?).
+    The pass must not change training: the checkpoint with diagnostics equals the one without, bit
+    for bit (weights and the DD-Nets' batch-norm buffers), and its m^D0 score equals epoch 1's
+    (same crops; m^D0 does not depend on the model)."""
+    import yaml
+    from conftest import REPO
+
+    from ssdd_core import stages
+    from ssdd_core.io import load_checkpoint, load_mask_png, read_json, save_mask, write_json
+
+    ids = sorted(sample.read_ids("train_aug"))[:4]
+    d0 = tmp_path / "D0"
+    labels = {}
+    for i in ids:  # m^D0: the GT with its right half set to background, so it scores below 1
+        m = load_mask_png(sample.mask_path(i)).copy()
+        labels[i] = sorted(int(c) for c in np.unique(m) if 0 < c < 255)
+        m[:, m.shape[1] // 2:] = np.where(m[:, m.shape[1] // 2:] == 255, 255, 0)
+        save_mask(d0 / f"{i}.png", m)
+    write_json(tmp_path / "labels.json", {"labels": labels})
+    (tmp_path / "ids.txt").write_text("".join(i + "\n" for i in ids))
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["data"] = {**cfg["data"], "root": str(sample.root), "gt_dir": "SegmentationClassAug"}
+    cfg["dynamic"].update(epochs=1, batch=2, crop=64, diagnostics_every=1, warmup_epochs=0, init="classifier")
+    runs = {}
+    for name, diag in (("plain", None), ("diag", str(tmp_path / "diag.json"))):
+        stages.train_dynamic(cfg, None, str(tmp_path / "labels.json"), [str(tmp_path / "ids.txt")], [str(d0)],
+                             str(tmp_path / f"{name}.pt"), 1, diag)
+        runs[name] = load_checkpoint(tmp_path / f"{name}.pt")
+    rows = read_json(tmp_path / "diag.json")["epochs"]
+    assert [r["epoch"] for r in rows] == [0, 1] and rows[0]["crops"] == rows[1]["crops"] == 4
+    assert 0 < rows[0]["miou"]["D0"] < 1 and rows[0]["miou"]["D0"] == rows[1]["miou"]["D0"]
+    a, b = runs["plain"], runs["diag"]
+    a, b = (a.get("model", a), b.get("model", b))
+    assert a.keys() == b.keys() and any("running_mean" in k for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -3,9 +3,14 @@
 the static-only seg rows trained on one mask (the baseline, §3.7)."""
 from __future__ import annotations
 
+import copy
 import logging
+import random
 import time
 from pathlib import Path
+
+import numpy as np
+import torch
 
 from .. import psa as psa_mod
 from ..crf import CRFParams, dense_crf
@@ -151,6 +156,25 @@ def inloop_crf(cfg: dict, threads: int = 2) -> InLoopCRF:
                      float(d["crf_kernel_scale"]))
 
 
+def _start_diagnostics(model, ds: SegDataset, idx: list[int], step, batch_size: int, device: torch.device) -> None:
+    """One pass of the dynamic step over the diagnostics crops ``idx`` of ``ds`` before training,
+    without an update: the masks the start point makes (the "epoch 0" row of
+    :class:`~ssdd_core.refinement.DynamicDiagnostics`, fed by ``step``), on the crops of the first
+    epoch. The model's weights and buffers (the DD-Nets' batch-norm statistics) and the torch,
+    NumPy and Python RNGs are restored afterwards, so training is the same with or without it."""
+    state = copy.deepcopy(model.state_dict())
+    py_rng, np_rng = random.getstate(), np.random.get_state()
+    model.to(device).train()
+    ds.set_epoch(0)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, idx), batch_size=batch_size, shuffle=False)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        for batch in loader:
+            step(model, batch, device)
+    model.load_state_dict(state)
+    random.setstate(py_rng)
+    np.random.set_state(np_rng)
+
+
 def train_dynamic(cfg, cls_pt: str | None, labels_json, split_files, d0_dirs, out, threads=2,
                   diag_json: str | None = None, static_pt: str | None = None) -> dict:
     """Dynamic region refinement (Eq. 11-15) → ``dynamic.pt`` (heads main/sub, DD-Nets d1/d2).
@@ -162,7 +186,9 @@ def train_dynamic(cfg, cls_pt: str | None, labels_json, split_files, d0_dirs, ou
 
     With ``diag_json``, the per-epoch :class:`~ssdd_core.refinement.DynamicDiagnostics` on the
     crops of every ``dynamic.diagnostics_every``-th training id with GT go there (JSON
-    ``{"ids": n, "epochs": [...]}``; ``{"ids": 0, "epochs": []}`` when off or no id has GT).
+    ``{"ids": n, "epochs": [...]}``; ``{"ids": 0, "epochs": []}`` when off or no id has GT). Row
+    ``epoch`` 0 is the start point on the first epoch's crops, before any update (training is
+    unchanged by it); row e ≥ 1 is accumulated over epoch e's training iterations.
     """
     ctx = StageContext(cfg, threads, labels_json)
     d = cfg["dynamic"]
@@ -193,6 +219,10 @@ def train_dynamic(cfg, cls_pt: str | None, labels_json, split_files, d0_dirs, ou
         step = make_dynamic_step(cfg["seg"]["seg_loss"], incrf, Biases.from_config(d), d["alpha"], d["flag_ratio"],
                                  d["warmup_epochs"], diag)
         key = [cfg["crf"], files_key([*_given(cls_pt), *_given(static_pt), *d0_dirs])]
+        if diag is not None and not any(r["epoch"] == 0 for r in diag.history):
+            pos = {i: n for n, i in enumerate(ids)}
+            _start_diagnostics(model, ds, [pos[i] for i in gt], step, d["batch"], ctx.device)
+            end_epoch(0)
         res = _seg_fit(ctx, d, model, ds, step, out, key, end_epoch)
     finally:
         incrf.close()
