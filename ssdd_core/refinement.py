@@ -196,8 +196,8 @@ class DynamicDiagnostics:
 
     def end_epoch(self, epoch: int) -> dict:
         """Close epoch ``epoch`` (1-based; 0 = the start point, before training): append its row
-        to :attr:`history`, reset, return it. ``miou`` per mask over the classes in GT (None without GT pixels); ``k1_ne_a1`` pixels,
-        ``a1_right`` / ``k1_right`` fractions of them."""
+        to :attr:`history`, reset, return it. ``miou`` per mask over the classes in GT (None
+        without GT pixels); ``k1_ne_a1`` pixels, ``a1_right`` / ``k1_right`` fractions of them."""
         n = int(self.diff[0])
         row = {"epoch": int(epoch), "crops": int(self.cms["D0"].n_images),
                "miou": {m: self.cms[m].compute()["miou"] for m in self.MASKS},
