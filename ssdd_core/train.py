@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .io import load_checkpoint, save_checkpoint
+from .io import ArtifactError, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,13 @@ def fit(model, dataset, step_fn: Callable, out_path: str, *, epochs: int, batch_
         dict with per-epoch mean losses and counts of skipped batches.
     Raises:
         NonFiniteLoss: with ``nan_policy='error'``.
+        ArtifactError: a resume state of this ``resume_key`` whose optimizer state does not fit the model.
     """
     seed_everything(seed)
     model.to(device)
+    # train() first: it freezes batch norm (FrozenBNMixin), so the optimiser holds the same parameters
+    # whether or not the caller put the model in train mode before (a resume state must match them).
+    model.train()
     opt = make_optimizer(model, lr, weight_decay)
     loader_kw = dict(batch_size=batch_size, shuffle=False, drop_last=len(dataset) >= batch_size,
                      num_workers=threads if device.type == "cuda" else 0, pin_memory=device.type == "cuda")
@@ -107,7 +111,11 @@ def fit(model, dataset, step_fn: Callable, out_path: str, *, epochs: int, batch_
         st = load_checkpoint(resume_path, map_location=device)
         if st.get("resume_key") == resume_key:
             model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
+            try:
+                opt.load_state_dict(st["optimizer"])
+            except ValueError as e:
+                raise ArtifactError(f"{resume_path}: its optimizer state does not match this model's trainable "
+                                    f"parameters ({e}); delete the file to train from the start") from e
             start_epoch, step = int(st["epoch"]), int(st["step"])
             history = json.loads(st["history"])
             skipped = int(st.get("skipped", 0))

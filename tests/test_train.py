@@ -331,3 +331,54 @@ def test_dynamic_diagnostics_start_row_leaves_training_unchanged(tmp_path, sampl
     assert a.keys() == b.keys() and any("running_mean" in k for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_dynamic_stage_with_diagnostics_resumes_after_an_interruption(tmp_path, sample, monkeypatch):
+    """A dynamic stage stopped after epoch 1 resumes from its resume state and ends with the
+    checkpoint of an uninterrupted run. The start-point row (epoch 0) put the model in train mode
+    (batch norm frozen) before the optimiser was built; the resumed run skips that row, and its
+    optimiser then held the BN parameters too: "loaded state dict contains a parameter group that
+    doesn't match the size of optimizer's group" (the voc2012_mini repeats run, 2026-12-02)."""
+    import yaml
+    from conftest import REPO
+
+    from ssdd_core import stages
+    from ssdd_core.io import load_checkpoint, load_mask_png, read_json, save_mask, write_json
+    from ssdd_core.refinement import DynamicDiagnostics
+
+    ids = sorted(sample.read_ids("train_aug"))[:4]
+    labels = {}
+    for i in ids:
+        m = load_mask_png(sample.mask_path(i))
+        labels[i] = sorted(int(c) for c in np.unique(m) if 0 < c < 255)
+        save_mask(tmp_path / "D0" / f"{i}.png", m)
+    write_json(tmp_path / "labels.json", {"labels": labels})
+    (tmp_path / "ids.txt").write_text("".join(i + "\n" for i in ids))
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["data"] = {**cfg["data"], "root": str(sample.root), "gt_dir": "SegmentationClassAug"}
+    cfg["dynamic"].update(epochs=2, batch=2, crop=64, diagnostics_every=1, warmup_epochs=0, init="classifier")
+
+    def run(name):
+        stages.train_dynamic(cfg, None, str(tmp_path / "labels.json"), [str(tmp_path / "ids.txt")],
+                             [str(tmp_path / "D0")], str(tmp_path / f"{name}.pt"), 1, str(tmp_path / f"{name}.json"))
+
+    run("full")
+    end_epoch = DynamicDiagnostics.end_epoch
+
+    def stop_in_epoch_2(self, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("stopped in epoch 2")
+        return end_epoch(self, epoch)
+
+    monkeypatch.setattr(DynamicDiagnostics, "end_epoch", stop_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        run("cut")
+    assert (tmp_path / "cut.pt.resume").exists() and not (tmp_path / "cut.pt").exists()
+    monkeypatch.setattr(DynamicDiagnostics, "end_epoch", end_epoch)
+    run("cut")
+    assert not (tmp_path / "cut.pt.resume").exists()
+    assert [r["epoch"] for r in read_json(tmp_path / "cut.json")["epochs"]] == [0, 1, 2]
+    a, b = load_checkpoint(tmp_path / "full.pt"), load_checkpoint(tmp_path / "cut.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
