@@ -293,35 +293,49 @@ def test_dynamic_diagnostics_on_hand_made_masks():
     assert diag.end_epoch(2)["crops"] == 0 and len(diag.history) == 2  # epoch 2 replaced, not added
 
 
+def _dynamic_stage(tmp_path, sample, epochs: int):
+    """``run(name, diag_json)``: the dynamic stage (``stages.train_dynamic``) on 4 sample training
+    ids for ``epochs`` epochs (crop 64, batch 2, classifier start, no warm-up, diagnostics on every
+    id), writing ``tmp_path / f"{name}.pt"``. m^D0 is the GT with its right half set to background,
+    so it scores below 1."""
+    import yaml
+    from conftest import REPO
+
+    from ssdd_core import stages
+    from ssdd_core.io import load_mask_png, save_mask, write_json
+
+    ids = sorted(sample.read_ids("train_aug"))[:4]
+    labels = {}
+    for i in ids:
+        m = load_mask_png(sample.mask_path(i)).copy()
+        labels[i] = sorted(int(c) for c in np.unique(m) if 0 < c < 255)
+        m[:, m.shape[1] // 2:] = np.where(m[:, m.shape[1] // 2:] == 255, 255, 0)
+        save_mask(tmp_path / "D0" / f"{i}.png", m)
+    write_json(tmp_path / "labels.json", {"labels": labels})
+    (tmp_path / "ids.txt").write_text("".join(i + "\n" for i in ids))
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["data"] = {**cfg["data"], "root": str(sample.root), "gt_dir": "SegmentationClassAug"}
+    cfg["dynamic"].update(epochs=epochs, batch=2, crop=64, diagnostics_every=1, warmup_epochs=0, init="classifier")
+
+    def run(name: str, diag_json: str | None):
+        stages.train_dynamic(cfg, None, str(tmp_path / "labels.json"), [str(tmp_path / "ids.txt")],
+                             [str(tmp_path / "D0")], str(tmp_path / f"{name}.pt"), 1, diag_json)
+
+    return run
+
+
 def test_dynamic_diagnostics_start_row_leaves_training_unchanged(tmp_path, sample):
     """Row ``epoch`` 0 of the dynamic diagnostics is the start point on the first epoch's crops,
     before any update (issue 18: is training moving the masks up or down from where it starts?).
     The pass must not change training: the checkpoint with diagnostics equals the one without, bit
     for bit (weights and the DD-Nets' batch-norm buffers), and its m^D0 score equals epoch 1's
     (same crops; m^D0 does not depend on the model)."""
-    import yaml
-    from conftest import REPO
+    from ssdd_core.io import load_checkpoint, read_json
 
-    from ssdd_core import stages
-    from ssdd_core.io import load_checkpoint, load_mask_png, read_json, save_mask, write_json
-
-    ids = sorted(sample.read_ids("train_aug"))[:4]
-    d0 = tmp_path / "D0"
-    labels = {}
-    for i in ids:  # m^D0: the GT with its right half set to background, so it scores below 1
-        m = load_mask_png(sample.mask_path(i)).copy()
-        labels[i] = sorted(int(c) for c in np.unique(m) if 0 < c < 255)
-        m[:, m.shape[1] // 2:] = np.where(m[:, m.shape[1] // 2:] == 255, 255, 0)
-        save_mask(d0 / f"{i}.png", m)
-    write_json(tmp_path / "labels.json", {"labels": labels})
-    (tmp_path / "ids.txt").write_text("".join(i + "\n" for i in ids))
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg["data"] = {**cfg["data"], "root": str(sample.root), "gt_dir": "SegmentationClassAug"}
-    cfg["dynamic"].update(epochs=1, batch=2, crop=64, diagnostics_every=1, warmup_epochs=0, init="classifier")
+    run = _dynamic_stage(tmp_path, sample, epochs=1)
     runs = {}
     for name, diag in (("plain", None), ("diag", str(tmp_path / "diag.json"))):
-        stages.train_dynamic(cfg, None, str(tmp_path / "labels.json"), [str(tmp_path / "ids.txt")], [str(d0)],
-                             str(tmp_path / f"{name}.pt"), 1, diag)
+        run(name, diag)
         runs[name] = load_checkpoint(tmp_path / f"{name}.pt")
     rows = read_json(tmp_path / "diag.json")["epochs"]
     assert [r["epoch"] for r in rows] == [0, 1] and rows[0]["crops"] == rows[1]["crops"] == 4
@@ -339,28 +353,13 @@ def test_dynamic_stage_with_diagnostics_resumes_after_an_interruption(tmp_path, 
     (batch norm frozen) before the optimiser was built; the resumed run skips that row, and its
     optimiser then held the BN parameters too: "loaded state dict contains a parameter group that
     doesn't match the size of optimizer's group" (the voc2012_mini repeats run, 2026-12-02)."""
-    import yaml
-    from conftest import REPO
-
-    from ssdd_core import stages
-    from ssdd_core.io import load_checkpoint, load_mask_png, read_json, save_mask, write_json
+    from ssdd_core.io import load_checkpoint, read_json
     from ssdd_core.refinement import DynamicDiagnostics
 
-    ids = sorted(sample.read_ids("train_aug"))[:4]
-    labels = {}
-    for i in ids:
-        m = load_mask_png(sample.mask_path(i))
-        labels[i] = sorted(int(c) for c in np.unique(m) if 0 < c < 255)
-        save_mask(tmp_path / "D0" / f"{i}.png", m)
-    write_json(tmp_path / "labels.json", {"labels": labels})
-    (tmp_path / "ids.txt").write_text("".join(i + "\n" for i in ids))
-    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
-    cfg["data"] = {**cfg["data"], "root": str(sample.root), "gt_dir": "SegmentationClassAug"}
-    cfg["dynamic"].update(epochs=2, batch=2, crop=64, diagnostics_every=1, warmup_epochs=0, init="classifier")
+    stage = _dynamic_stage(tmp_path, sample, epochs=2)
 
     def run(name):
-        stages.train_dynamic(cfg, None, str(tmp_path / "labels.json"), [str(tmp_path / "ids.txt")],
-                             [str(tmp_path / "D0")], str(tmp_path / f"{name}.pt"), 1, str(tmp_path / f"{name}.json"))
+        stage(name, str(tmp_path / f"{name}.json"))
 
     run("full")
     end_epoch = DynamicDiagnostics.end_epoch
