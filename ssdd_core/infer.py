@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from . import ssdd
 from .crf import CRFParams, dense_crf_resized
 from .data import normalize, resize_image, resize_mask
-from .models.backbones import resample_grid
+from .models.backbones import block_grid, resample_grid
 
 
 def upsample_dd(d: np.ndarray | torch.Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -85,7 +85,8 @@ def multiscale_probs(model, img: np.ndarray, head: str = "base", base_size: int 
         sh, sw = max(8, round(bh * s)), max(8, round(bw * s))
         xs = F.interpolate(x, (sh, sw), mode="bilinear", align_corners=False)
         batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
-        logits = resample_grid(model(batch, heads=(head,))[f"logits/{head}"], model.dd_stride, 1, (sh, sw))
+        logits = resample_grid(model(batch, heads=(head,))[f"logits/{head}"], block_grid(model.dd_stride),
+                               block_grid(1), (sh, sw))
         if (sh, sw) != (h, w):
             logits = F.interpolate(logits, (h, w), mode="bilinear", align_corners=False)
         p = F.softmax(logits, 1)

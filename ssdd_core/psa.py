@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .crf import CRFParams, dense_crf_resized
 from .data import normalize, resize_image
-from .models.backbones import resample_grid
+from .models.backbones import block_grid, resample_grid
 
 IGNORE = 255
 
@@ -40,7 +40,7 @@ def compute_cam(model, img: np.ndarray, labels: Sequence[int], scales=(1.0, 0.5,
         sh, sw = max(1, round(h * s * base)), max(1, round(w * s * base))
         xs = F.interpolate(x, (sh, sw), mode="bilinear", align_corners=False)
         batch = torch.cat([xs, xs.flip(-1)]) if flip else xs
-        cam = resample_grid(model.cam(batch)[:, idx], model.backbone.output_stride, 1, (sh, sw))
+        cam = resample_grid(model.cam(batch)[:, idx], model.backbone.grids["out"], block_grid(1), (sh, sw))
         if (sh, sw) != (h, w):
             cam = F.interpolate(cam, (h, w), mode="bilinear", align_corners=False)
         acc += cam[0]
@@ -244,7 +244,7 @@ def random_walk(aff_model, img: np.ndarray, cam: np.ndarray, bg_pow: float = 16.
     for _ in range(2 ** logt):
         X = T @ X
     out = X.t().reshape(1, -1, gh, gw)
-    out = resample_grid(out, s, 1, (h, w))
+    out = resample_grid(out, block_grid(s), block_grid(1), (h, w))
     if (h, w) != (H, W):
         out = F.interpolate(out, (H, W), mode="bilinear", align_corners=False)
     out = out[0].clamp(min=0)

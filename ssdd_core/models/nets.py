@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import Backbone, resample_grid
+from .backbones import Backbone, block_grid, resample_grid
 
 NUM_FG = 20
 NUM_CLASSES = 21
@@ -93,10 +93,10 @@ class AffinityNet(FrozenBNMixin, nn.Module):
         """x: (B, 3, H, W), H and W multiples of ``grid_stride`` → (B, 448, H/g, W/g) features."""
         feats = self.backbone(x)
         size = (x.shape[2] // self.grid_stride, x.shape[3] // self.grid_stride)
-        strides = self.backbone.strides
+        grids, dst = self.backbone.grids, block_grid(self.grid_stride)
 
-        def at(t, key):
-            return resample_grid(t, strides[key], self.grid_stride, size)
+        def at(t, key):  # each tap from its own grid onto the affinity grid (blocks of grid_stride px)
+            return resample_grid(t, grids[key], dst, size)
 
         f = torch.cat([at(F.elu(self.f8(feats["mid"])), "mid"), at(F.elu(self.f16(feats["high"])), "high"),
                        at(F.elu(self.fout(feats["out"])), "out")], 1)
@@ -170,8 +170,11 @@ class DDNet(FrozenBNMixin, nn.Module):
                 m.batch_stats = bn_mode == "batch"
 
     def features(self, e_high: torch.Tensor, e_low: torch.Tensor, size) -> torch.Tensor:
-        """Image branch: e^h and e^l (both detached) resized to ``size`` → (B, width, H, W).
-        It does not depend on the mask, so it is computed once for m^K and m^A."""
+        """Image branch: e^h and e^l (both detached) at ``size`` → (B, width, H, W).
+
+        :meth:`SegModel.dd` passes both already resampled onto the DD grid (their grids differ:
+        :func:`~ssdd_core.models.backbones.resample_grid`); maps of another size are resized
+        bilinearly. It does not depend on the mask, so it is computed once for m^K and m^A."""
         eh = F.interpolate(e_high.detach(), size, mode="bilinear", align_corners=False)
         el = F.interpolate(e_low.detach(), size, mode="bilinear", align_corners=False)
         return self.feat(torch.cat([eh, el], 1))
@@ -239,18 +242,25 @@ class SegModel(FrozenBNMixin, nn.Module):
         feats = self.backbone(x)
         size = (-(-x.shape[2] // self.dd_stride), -(-x.shape[3] // self.dd_stride))  # ceil: covers x
         out = {"low": feats["low"]}
+        src = self.backbone.grids["out"]  # the heads' stride-1, symmetric convs keep the out grid
         for name in (self.heads.keys() if heads is None else heads):
             head = self.heads[name]
             logits, hidden = head(feats["out"])
-            out[f"logits/{name}"] = resample_grid(logits, self.backbone.output_stride, self.dd_stride, size)
+            out[f"logits/{name}"] = resample_grid(logits, src, block_grid(self.dd_stride), size)
             out[f"hidden/{name}"] = hidden
         return out
 
     def dd(self, name: str, out: dict, head: str, mask: torch.Tensor) -> torch.Tensor:
         """Apply DD-Net ``name`` to ``mask`` with head ``head``'s features → (B, H, W) logits.
 
-        The mask-independent image branch is cached in ``out`` and shared by every mask."""
-        key = f"ddfeat/{name}/{head}/{tuple(mask.shape[-2:])}"
+        e^h (on the ``out`` grid) and e^l (on the ``low`` grid) are resampled onto the DD grid
+        (blocks of ``dd_stride`` px) of the mask's size. The mask-independent image branch is
+        cached in ``out`` and shared by every mask."""
+        size = tuple(mask.shape[-2:])
+        key = f"ddfeat/{name}/{head}/{size}"
         if key not in out:
-            out[key] = self.ddnets[name].features(out[f"hidden/{head}"], out["low"], mask.shape[-2:])
+            grids, dst = self.backbone.grids, block_grid(self.dd_stride)
+            eh = resample_grid(out[f"hidden/{head}"].detach(), grids["out"], dst, size)
+            el = resample_grid(out["low"].detach(), grids["low"], dst, size)
+            out[key] = self.ddnets[name].features(eh, el, size)
         return self.ddnets[name].head(out[key], mask)
