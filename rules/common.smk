@@ -30,6 +30,22 @@ if _unfair:
 
 SHARDS = [f"{i:03d}" for i in range(config["shards"])]
 
+
+def _torch_threads() -> int:
+    """Threads of a torch rule (training, CAM, walk, integration; issue 29): config `threads`,
+    else the cores Snakemake is given (`--cores N`; it scales a rule's threads down to that),
+    else 2 (an executor such as Slurm without --cores: set `threads` or --set-threads there)."""
+    if config.get("threads"):
+        return int(config["threads"])
+    try:
+        cores = workflow.cores
+    except Exception:  # WorkflowError: no --cores given
+        return 2
+    return int(cores) if cores and cores < 4096 else 2
+
+
+TORCH_THREADS = _torch_threads()
+
 # Seed source (issue 20): the PSA chain, or another method's seeds imported by import_seeds.
 PSA_SEEDS = config["seeds"]["source"] == "psa"
 if not PSA_SEEDS and not config["seeds"]["dir"]:

@@ -23,7 +23,7 @@ rule train_dynamic:
         "logs/train_dynamic{rep}.log",
     benchmark:
         "benchmarks/train_dynamic{rep}.tsv"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         gpu=DEVICE_GPU,
     script:
@@ -49,7 +49,7 @@ rule train_seg:
         "logs/train_seg/{mask}{rep}.log",
     benchmark:
         "benchmarks/train_seg/{mask}{rep}.tsv"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         gpu=DEVICE_GPU,
     script:

@@ -13,7 +13,7 @@ rule train_cls:
         "logs/train_cls.log",
     benchmark:
         "benchmarks/train_cls.tsv"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         gpu=DEVICE_GPU,
     script:
@@ -34,7 +34,7 @@ rule cam:
         "logs/cam/{shard}.log",
     benchmark:
         "benchmarks/cam/{shard}.tsv"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         gpu=DEVICE_GPU,
     script:
@@ -71,7 +71,7 @@ rule train_aff:
         "logs/train_aff.log",
     benchmark:
         "benchmarks/train_aff.tsv"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         gpu=DEVICE_GPU,
     script:
@@ -94,7 +94,7 @@ if PSA_SEEDS:
             "logs/psa/{shard}.log",
         benchmark:
             "benchmarks/psa/{shard}.tsv"
-        threads: 2
+        threads: TORCH_THREADS
         resources:
             gpu=DEVICE_GPU,
         script:

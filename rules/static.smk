@@ -17,7 +17,7 @@ rule train_static:
         "logs/train_static.log",
     benchmark:
         "benchmarks/train_static.tsv"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         gpu=DEVICE_GPU,
     script:
@@ -41,7 +41,7 @@ rule integrate:
         "logs/integrate/{shard}.log",
     benchmark:
         "benchmarks/integrate/{shard}.tsv"
-    threads: 2
+    threads: TORCH_THREADS
     resources:
         gpu=DEVICE_GPU,
     script:

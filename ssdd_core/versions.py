@@ -8,23 +8,25 @@ bit-identical), and say so in the commit message.
 
 History (short): 2 = issue 17's fidelity fixes (aligned backbones, walk scale, in-loop CRF
 kernels, plain CE) and issue 19's lean artifacts (crf without p^A0, dd0 on the DD grid).
+3 = issue 28's feature geometry (standard atrous conversion, per-tap grids): every stage from the
+classifier on.
 """
 
 CODE_VERSION: dict[str, int] = {
     "split_ids": 1,
     "image_labels": 1,
-    "train_cls": 2,
-    "cam": 2,
-    "aff_labels": 2,
-    "train_aff": 2,
-    "psa": 2,
+    "train_cls": 3,
+    "cam": 3,
+    "aff_labels": 3,
+    "train_aff": 3,
+    "psa": 3,
     "import_seeds": 1,
-    "crf": 2,
-    "train_static": 2,
-    "integrate": 2,
-    "train_dynamic": 2,
-    "train_seg": 2,
-    "infer": 2,
+    "crf": 3,
+    "train_static": 3,
+    "integrate": 3,
+    "train_dynamic": 3,
+    "train_seg": 3,
+    "infer": 3,
     "score": 1,
     "score_seeds": 1,
 }

@@ -182,8 +182,8 @@ def test_code_version_bump_reruns_the_stage_and_downstream_only(tiny_run, tmp_pa
     shutil.copytree(REPO / "ssdd_core", pkg / "ssdd_core", ignore=shutil.ignore_patterns("__pycache__"))
     v = pkg / "ssdd_core" / "versions.py"
     text = v.read_text()
-    assert '    "crf": 2,' in text
-    v.write_text(text.replace('    "crf": 2,', '    "crf": 3,'))
+    n = int(text.split('    "crf": ', 1)[1].split(",", 1)[0])
+    v.write_text(text.replace(f'    "crf": {n},', f'    "crf": {n + 1},'))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pkg), os.environ.get("PYTHONPATH", "")]))
     p = subprocess.run([sys.executable, "-m", "snakemake", "-n", "all", "--configfile", "config/tiny.yaml"], cwd=wf,
                        env=env, capture_output=True, text=True, timeout=300)
@@ -246,6 +246,23 @@ def test_init_static_makes_the_static_model_an_input_of_the_seg_stages(wf, init)
     k0 = snakemake(wf, "-n", "--forceall", "results/models/seg_K0.pt", "--configfile", "config/tiny.yaml", "--config",
                    over[0])
     assert ("train_static" in _dry_run_jobs(k0)) == (init == "static")
+
+
+@pytest.mark.parametrize("cores, cap, want", [(16, None, 16), (2, None, 2), (16, 4, 4)])
+def test_torch_rules_take_the_cores_they_are_given(wf, cores, cap, want):
+    """Issue 29: a training rule (and CAM, walk, integration) runs on the cores Snakemake is given,
+    not a constant 2; config `threads` caps it. The dry-run DAG shows each job's threads."""
+    over = ["--config", f"threads={cap}"] if cap else []
+    p = snakemake(wf, "-n", "--forceall", "--cores", str(cores), "results/models/dynamic.pt", "--configfile",
+                  "config/tiny.yaml", *over)
+    threads = {}
+    for block in p.stdout.split("rule ")[1:]:
+        name = block.split(":", 1)[0].strip()
+        line = next((ln for ln in block.splitlines() if ln.strip().startswith("threads:")), "threads: 1")
+        threads.setdefault(name, int(line.split(":")[1]))
+    for rule in ("train_cls", "cam", "train_aff", "psa", "train_static", "integrate", "train_dynamic"):
+        assert threads.get(rule) == want, (rule, threads)
+    assert threads.get("crf") == 1  # CRF shards: one thread each, side by side
 
 
 def _tree_bytes(d):
