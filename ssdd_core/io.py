@@ -145,7 +145,8 @@ def load_mask_png(path: str | os.PathLike) -> np.ndarray:
 
     Raises:
         FileNotFoundError: if the file does not exist.
-        ArtifactError: if the file cannot be decoded or is an RGB colour image.
+        ArtifactError: if the file cannot be decoded, is an RGB colour image, or is a 16/32-bit
+            grayscale PNG with values outside 0..255.
     """
     path = Path(path)
     if not path.exists():
@@ -159,6 +160,10 @@ def load_mask_png(path: str | os.PathLike) -> np.ndarray:
         raise
     except Exception as e:  # PIL raises several types for broken files
         raise ArtifactError(f"{path}: cannot read mask ({e})") from e
+    if arr.dtype != np.uint8:  # mode I / I;16: check the range before the cast (256 would become 0)
+        bad = np.unique(arr[(arr < 0) | (arr > 255)])
+        if bad.size:
+            raise ArtifactError(f"{path}: label values outside 0..255 in a {arr.dtype} PNG: {bad.tolist()[:10]}")
     return arr.astype(np.uint8)
 
 

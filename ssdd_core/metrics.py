@@ -17,16 +17,21 @@ class ConfusionMatrix:
         num_classes: K (21 for VOC).
     """
 
-    def __init__(self, num_classes: int = NUM_CLASSES):
+    def __init__(self, num_classes: int = NUM_CLASSES, pred_ignore: bool = False):
         self.k = num_classes
         self.mat = np.zeros((num_classes, num_classes), dtype=np.int64)
         self.n_images = 0
+        self.pred_ignore = pred_ignore
+        self.n_scored = 0  # GT pixels (not 255) seen
+        self.n_unlabelled = 0  # of those, predicted 255 (pred_ignore only)
 
     def update(self, pred: np.ndarray, target: np.ndarray) -> None:
         """Add one image.
 
         Args:
-            pred: (H, W) integer predictions in 0..K-1.
+            pred: (H, W) integer predictions in 0..K-1; with ``pred_ignore`` (seeds, which may
+                leave pixels unlabelled: IRN's ``ir_label``) also 255, left out of the matrix
+                and counted for ``coverage``.
             target: (H, W) integer GT in 0..K-1 or 255.
         Raises:
             ValueError: shapes differ, or a prediction / GT value out of range.
@@ -36,6 +41,11 @@ class ConfusionMatrix:
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {pred.shape} != GT shape {target.shape}")
         keep = target != IGNORE
+        self.n_scored += int(keep.sum())
+        if self.pred_ignore:
+            unlabelled = keep & (pred == IGNORE)
+            self.n_unlabelled += int(unlabelled.sum())
+            keep &= ~unlabelled
         t, p = target[keep], pred[keep]
         if t.size and (t.max() >= self.k or t.min() < 0):
             raise ValueError(f"GT label out of range 0..{self.k - 1} (and not {IGNORE})")
@@ -51,7 +61,8 @@ class ConfusionMatrix:
             dict with ``iou`` (list of K floats or None: None for a class absent from both
             GT and prediction), ``miou`` (mean over classes with GT pixels),
             ``miou_all21`` (mean over classes with a defined IoU), ``pixel_accuracy``,
-            ``classes_in_gt`` and ``n_images``.
+            ``classes_in_gt`` and ``n_images``; with ``pred_ignore`` also ``coverage``, the
+            fraction of GT pixels that have a prediction (the scores are over those only).
         """
         tp = np.diag(self.mat).astype(np.float64)
         gt = self.mat.sum(1).astype(np.float64)
@@ -61,7 +72,9 @@ class ConfusionMatrix:
         in_gt = [c for c in range(self.k) if gt[c] > 0]
         defined = [c for c in range(self.k) if iou[c] is not None]
         total = self.mat.sum()
-        return {
+        extra = {"coverage": 1.0 - self.n_unlabelled / self.n_scored if self.n_scored else None} \
+            if self.pred_ignore else {}
+        return {**extra,
             "miou": float(np.mean([iou[c] for c in in_gt])) if in_gt else None,
             "miou_all21": float(np.mean([iou[c] for c in defined])) if defined else None,
             "pixel_accuracy": float(tp.sum() / total) if total else None,

@@ -147,8 +147,9 @@ def load_seed(folder: SeedFolder, image_id: str, image_labels: Sequence[int], si
         size: the image's (H, W).
     Returns:
         dict with ``prob`` (C+1, H, W) float32, ``labels`` (C,) int64 ascending, ``mask`` (H, W)
-        uint8 m^K0, and ``extra`` (sorted classes in the seed that the image-level labels do not
-        have; they are kept, and counted by :func:`import_seeds`).
+        uint8 m^K0, ``extra`` (sorted classes in the seed that the image-level labels do not
+        have; they are kept) and ``dropped`` (image-level classes an HDF5 entry's ``labels``
+        leave out: they get no channel), both counted by :func:`import_seeds`.
     Raises:
         ArtifactError: no seed for the id, or a seed that fails a check (naming the file).
     """
@@ -158,6 +159,7 @@ def load_seed(folder: SeedFolder, image_id: str, image_labels: Sequence[int], si
     labels = sorted(int(c) for c in image_labels)
     mask = prob = None
     extra: set[int] = set()
+    dropped: list[int] = []
     if image_id in folder.h5:
         where = f"{folder.h5[image_id]} [{image_id}]"
         d = read_h5(folder.h5[image_id], image_id)
@@ -168,6 +170,7 @@ def load_seed(folder: SeedFolder, image_id: str, image_labels: Sequence[int], si
         if bad or h5_labels != sorted(set(h5_labels)):
             raise ArtifactError(f"{where}: 'labels' must be distinct ascending VOC classes 1..20, got {h5_labels}")
         extra |= set(h5_labels) - set(labels)
+        dropped = sorted(set(labels) - set(h5_labels))
         labels = h5_labels if not extra else sorted(set(labels) | set(h5_labels))
         prob = _check_probs(d["prob"], where, size, len(h5_labels))
         if h5_labels != labels:  # extra classes: the union; image labels without a channel get 0
@@ -196,7 +199,8 @@ def load_seed(folder: SeedFolder, image_id: str, image_labels: Sequence[int], si
         prob = probs_from_labels(mask, labels, confidence)
     if mask is None:
         mask = np.array([0, *labels], dtype=np.uint8)[prob.argmax(0)]  # as psa.full_label_map
-    return {"prob": prob, "labels": np.asarray(labels, dtype=np.int64), "mask": mask, "extra": sorted(extra)}
+    return {"prob": prob, "labels": np.asarray(labels, dtype=np.int64), "mask": mask, "extra": sorted(extra),
+            "dropped": dropped}
 
 
 def import_seeds(seed_dir: str, ids: Sequence[str], image_labels: Mapping[str, Sequence[int]],
@@ -209,7 +213,8 @@ def import_seeds(seed_dir: str, ids: Sequence[str], image_labels: Mapping[str, S
         image_size: callable id → (H, W) of the image.
         out_h5, out_dir: the ``psa`` rule's outputs; both are written atomically, so nothing is
             left for a shard that fails.
-    Returns: counts: ``n``, ``from_png`` / ``from_npy`` / ``from_h5``, ``extra_class_images``.
+    Returns: counts: ``n``, ``from_png`` / ``from_npy`` / ``from_h5``, ``extra_class_images``,
+        ``dropped_class_images``.
     Raises:
         ArtifactError: the first seed that fails a check, naming its file.
     """
@@ -218,7 +223,7 @@ def import_seeds(seed_dir: str, ids: Sequence[str], image_labels: Mapping[str, S
     if missing:
         raise ArtifactError(f"{seed_dir}: no seed for {len(missing)} of {len(ids)} training ids, e.g. "
                             f"{', '.join(missing[:5])}")
-    stats = {"n": 0, "from_png": 0, "from_npy": 0, "from_h5": 0, "extra_class_images": 0}
+    stats = {"n": 0, "from_png": 0, "from_npy": 0, "from_h5": 0, "extra_class_images": 0, "dropped_class_images": 0}
     with H5Writer(out_h5) as w, atomic_dir(out_dir) as tmpdir:
         for i in ids:
             s = load_seed(folder, i, image_labels[i], tuple(image_size(i)), confidence)
@@ -226,6 +231,10 @@ def import_seeds(seed_dir: str, ids: Sequence[str], image_labels: Mapping[str, S
                 stats["extra_class_images"] += 1
                 log.warning("%s: seed has classes %s that its image-level labels %s do not; kept", i, s["extra"],
                             sorted(image_labels[i]))
+            if s["dropped"]:
+                stats["dropped_class_images"] += 1
+                log.warning("%s: the seed's labels leave out image-level classes %s; they get no channel", i,
+                            s["dropped"])
             w.add(i, prob=s["prob"], labels=s["labels"])
             save_mask(Path(tmpdir) / f"{i}.png", s["mask"])
             stats["n"] += 1
@@ -235,5 +244,8 @@ def import_seeds(seed_dir: str, ids: Sequence[str], image_labels: Mapping[str, S
     if stats["extra_class_images"]:
         log.warning("import_seeds: %d of %d seeds have classes outside their image-level labels",
                     stats["extra_class_images"], stats["n"])
+    if stats["dropped_class_images"]:
+        log.warning("import_seeds: %d of %d seeds leave out classes of their image-level labels",
+                    stats["dropped_class_images"], stats["n"])
     log.info("import_seeds: %s", stats)
     return stats

@@ -26,7 +26,8 @@ def test_png_seeds_import_as_given_with_a_dense_crf_unary(real, tmp_path):
         save_mask(tmp_path / "seeds" / f"{i}.png", masks[i])
     st = import_seeds(str(tmp_path / "seeds"), ids, labels, _size(masks), str(tmp_path / "k0.h5"),
                       str(tmp_path / "K0"), confidence=0.7)
-    assert st == {"n": 5, "from_png": 5, "from_npy": 0, "from_h5": 0, "extra_class_images": 0}
+    assert st == {"n": 5, "from_png": 5, "from_npy": 0, "from_h5": 0, "extra_class_images": 0,
+                  "dropped_class_images": 0}
     for i in ids:
         np.testing.assert_array_equal(load_mask_png(tmp_path / "K0" / f"{i}.png"), masks[i])  # bit-identical
         d = read_h5(tmp_path / "k0.h5", i)
@@ -133,3 +134,62 @@ def test_probs_from_labels_sums_to_one_and_refuses_bad_confidence():
         probs_from_labels(m, [3, 7], 0.3)
     with pytest.raises(ValueError, match=r"not among the present labels"):
         probs_from_labels(m, [3], 0.8)
+
+
+def test_unlabelled_seed_pixels_are_scored_as_ignore_with_their_coverage(real):
+    """Issue 31: a PNG seed with 255 pixels (IRN's ``ir_label``) imports; scoring it then failed
+    at the very end with "prediction out of range 0..20". Now 255 in a seed is left out of the
+    confusion matrix and the coverage says how much was scored. Independent reference:
+    sklearn's confusion matrix over the labelled pixels."""
+    from sklearn.metrics import confusion_matrix
+
+    from ssdd_core.metrics import ConfusionMatrix
+
+    ids, masks, _ = real
+    gt = masks[ids[0]]
+    seed = gt.copy()
+    seed[gt == 255] = 0
+    seed[: gt.shape[0] // 3] = 255  # the top third unlabelled
+    cm = ConfusionMatrix(pred_ignore=True)
+    cm.update(seed, gt)
+    keep = (gt != 255) & (seed != 255)
+    ref = confusion_matrix(gt[keep], seed[keep], labels=list(range(21)))
+    np.testing.assert_array_equal(cm.mat, ref)
+    assert cm.compute()["coverage"] == pytest.approx(keep.sum() / (gt != 255).sum())
+    with pytest.raises(ValueError, match="prediction out of range"):  # model predictions keep the check
+        ConfusionMatrix().update(seed, gt)
+
+
+def test_h5_seed_leaving_out_an_image_class_warns_with_a_count(real, tmp_path, caplog):
+    """Issue 31: an HDF5 entry whose ``labels`` omit one of the image's classes dropped that class
+    without a word. Now each such seed is logged and counted."""
+    ids, masks, labels = real
+    i = next(k for k in ids if len(labels[k]) >= 2)
+    kept = labels[i][1:]
+    p = np.full((len(kept) + 1, *masks[i].shape), 1.0 / (len(kept) + 1), np.float32)
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    with H5Writer(seeds / "s.h5") as w:
+        w.add(i, prob=p, labels=np.array(kept))
+    with caplog.at_level("WARNING", logger="ssdd"):
+        st = import_seeds(str(seeds), [i], labels, _size(masks), str(tmp_path / "k0.h5"), str(tmp_path / "K0"))
+    assert st["dropped_class_images"] == 1
+    assert f"leave out image-level classes [{labels[i][0]}]" in caplog.text
+    assert "1 of 1 seeds leave out classes" in caplog.text
+
+
+def test_wide_grayscale_png_is_range_checked_before_the_cast(tmp_path):
+    """Issue 31: a 16-bit grayscale label PNG (PIL mode I / I;16) holding 256 was cast to uint8
+    first (256 → 0, a wrong but valid label). Now the value is refused, naming the file."""
+    from PIL import Image
+
+    arr = np.zeros((8, 8), dtype=np.uint16)
+    arr[2, 2] = 256
+    path = tmp_path / "seed.png"
+    Image.fromarray(arr).save(path)  # a 16-bit PNG
+    assert Image.open(path).mode in ("I", "I;16")
+    with pytest.raises(ArtifactError, match=r"seed.png: label values outside 0..255.*256"):
+        load_mask_png(path)
+    arr[2, 2] = 15
+    Image.fromarray(arr).save(path)
+    assert load_mask_png(path)[2, 2] == 15

@@ -117,7 +117,8 @@ def score_seeds(cfg: dict, split_files, mask_sets: dict, cam_h5s, out_json: str)
     """
     voc = StageContext(cfg, torch_setup=False).voc
     maps = {name: id_map(split_files, dirs, ".png") for name, dirs in mask_sets.items()}
-    cms = {name: ConfusionMatrix() for name in [*mask_sets, "CAM"]}
+    # seeds may leave pixels unlabelled (255): scored as ignore, with their coverage reported
+    cms = {name: ConfusionMatrix(pred_ignore=True) for name in [*mask_sets, "CAM"]}
     cam_shard = {i: h for h in cam_h5s for i in read_h5_ids(h)}
     thr = cfg["cam"]["bg_threshold"]
     ids = sorted(set(cam_shard).union(*[set(m) for m in maps.values()]))
