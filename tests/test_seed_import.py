@@ -193,3 +193,65 @@ def test_wide_grayscale_png_is_range_checked_before_the_cast(tmp_path):
     arr[2, 2] = 15
     Image.fromarray(arr).save(path)
     assert load_mask_png(path)[2, 2] == 15
+
+
+def _smooth_maps(rng, n, shape):
+    """n smooth positive maps (H, W) in [0, 1], each with max 1 (like a normalised CAM)."""
+    import torch
+    import torch.nn.functional as F
+
+    low = torch.from_numpy(rng.random((1, n, 6, 6)).astype(np.float32))
+    m = F.interpolate(low, shape, mode="bilinear", align_corners=False)[0].numpy()
+    return m / m.reshape(n, -1).max(1)[:, None, None]
+
+
+@pytest.mark.parametrize("fmt", ["psa-cam", "irn-cam", "ssdd-aff"])
+def test_converter_reads_the_authors_pickled_dicts_only_when_trusted(real, tmp_path, fmt):
+    """Issue 31: seeds saved by PSA (infer_cls.py: {k: cam}), IRN (make_cam.py: keys / cam /
+    high_res, keys a torch tensor) and the SSDD authors (make_aff_labels.py out_aff: {0: bg,
+    c: map}) convert into an HDF5 the importer reads, and the imported m^K0 is the label map the
+    authors' own code takes from those files (PSA / SSDD: argmax of the 21-channel array they
+    build; IRN: argmax after padding a constant background row, mapped through keys + 1).
+    Without --trust-pickle nothing is read; the importer still refuses the pickles."""
+    import torch
+
+    from ssdd_core.convert_seeds import main
+
+    ids, masks, labels = real
+    rng = np.random.default_rng(1)
+    src = tmp_path / "in"
+    src.mkdir()
+    ref = {}
+    for i in ids[:3]:
+        shape, keys = masks[i].shape, [c - 1 for c in labels[i]]  # 0-based foreground indices
+        maps = _smooth_maps(rng, len(keys) + 1, shape)
+        if fmt == "psa-cam":
+            d = {k: maps[j + 1] for j, k in enumerate(keys)}
+            full = np.zeros((21, *shape), np.float32)
+            for k, v in d.items():
+                full[k + 1] = v
+            full[0] = (1 - full[1:].max(0)) ** 16
+            ref[i] = full.argmax(0)
+        elif fmt == "irn-cam":
+            d = {"keys": torch.tensor(keys), "cam": torch.from_numpy(maps[1:, ::4, ::4].copy()), "high_res": maps[1:]}
+            padded = np.pad(maps[1:], ((1, 0), (0, 0), (0, 0)), constant_values=0.15)
+            ref[i] = np.pad(np.array(keys) + 1, (1, 0))[padded.argmax(0)]
+        else:
+            d = {0: maps[0] * 2.0, **{k + 1: maps[j + 1] * 2.0 for j, k in enumerate(keys)}}
+            full = np.zeros((21, *shape), np.float32)
+            for k, v in d.items():
+                full[k] = v
+            ref[i] = full.argmax(0)
+        np.save(src / f"{i}.npy", d, allow_pickle=True)
+    assert main(["--from", fmt, str(src), str(tmp_path / "out")]) == 2  # not trusted: refused
+    assert not (tmp_path / "out" / "seeds.h5").exists()
+    with pytest.raises(ArtifactError, match="pickled dicts are not read"):
+        load_seed(SeedFolder.scan(src), ids[0], labels[ids[0]], masks[ids[0]].shape, 0.7)
+    assert main(["--from", fmt, "--trust-pickle", str(src), str(tmp_path / "out")]) == 0
+    st = import_seeds(str(tmp_path / "out"), ids[:3], labels, _size(masks), str(tmp_path / "k0.h5"),
+                      str(tmp_path / "K0"))
+    assert st["from_h5"] == 3 and st["dropped_class_images"] == 0 and st["extra_class_images"] == 0
+    for i in ids[:3]:
+        got = load_mask_png(tmp_path / "K0" / f"{i}.png")
+        # float16 storage may flip near-ties; the authors' label map otherwise
+        assert (got == ref[i]).mean() > 0.995, (fmt, i, (got == ref[i]).mean())
