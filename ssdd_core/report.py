@@ -266,7 +266,7 @@ def _mean_std(x: Sequence[float]) -> tuple[float, float | None]:
     return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else None)
 
 
-def ablation_table(rows: Mapping[str, Sequence[str]], out_md: str, out_json: str) -> dict:
+def ablation_table(rows: Mapping[str, Sequence[str]], out_md: str, out_json: str, extra: dict | None = None) -> dict:
     """The ablation rows of paper Table 1 / Fig. 8 on the eval split, mean ± std over runs.
 
     Args:
@@ -276,6 +276,7 @@ def ablation_table(rows: Mapping[str, Sequence[str]], out_md: str, out_json: str
         out_md, out_json: the markdown table (ending with :func:`published_table`) and the
             numbers: per row the per-run mIoU and per-class IoU, their mean and sample std
             (ddof 1; null with one run), and the paired gain over the reference row.
+        extra: more keys for the JSON (the workflow adds ``provenance``).
     Returns: the JSON object written.
     Raises:
         ValueError: rows with different numbers of runs, or runs scored on different splits /
@@ -338,7 +339,7 @@ def ablation_table(rows: Mapping[str, Sequence[str]], out_md: str, out_json: str
     with atomic_path(out_md) as tmp:
         Path(tmp).write_text(text)
     write_json(out_json, {**out, "published_val_miou": [
-        {"system": n, "backbone": b, "miou": v, "source": s} for n, b, v, s in PUBLISHED_VAL_MIOU]})
+        {"system": n, "backbone": b, "miou": v, "source": s} for n, b, v, s in PUBLISHED_VAL_MIOU], **(extra or {})})
     return out
 
 

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import random
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +21,8 @@ from tqdm import tqdm
 from .io import ArtifactError, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
+# marker of the line fit() logs at the end: its steps and seconds (ssdd_core.provenance reads it)
+RUN_STATS = "run stats:"
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -123,6 +126,7 @@ def fit(model, dataset, step_fn: Callable, out_path: str, *, epochs: int, batch_
         else:
             logger.info("ignoring %s: it belongs to another configuration", resume_path)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+    timed_steps, timed_s = 0, 0.0  # this process's training steps and their wall time (provenance)
     for epoch in range(start_epoch, epochs):
         if max_steps is not None and step >= max_steps:
             break
@@ -134,6 +138,7 @@ def fit(model, dataset, step_fn: Callable, out_path: str, *, epochs: int, batch_
         model.train()
         sums, n = {}, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", mininterval=10, file=_TqdmLog(logger))
+        t0 = time.perf_counter()
         for batch in bar:
             if max_steps is not None and step >= max_steps:
                 break
@@ -163,6 +168,8 @@ def fit(model, dataset, step_fn: Callable, out_path: str, *, epochs: int, batch_
             for k, v in parts.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
+        timed_s += time.perf_counter() - t0
+        timed_steps += n
         means = {k: v / max(1, n) for k, v in sums.items()}
         history.append({"epoch": epoch + 1, "steps": n, **means})
         logger.info("epoch %d/%d: %s", epoch + 1, epochs, " ".join(f"{k}={v:.4f}" for k, v in means.items()))
@@ -174,7 +181,11 @@ def fit(model, dataset, step_fn: Callable, out_path: str, *, epochs: int, batch_
     save_checkpoint(out_path, model.state_dict())
     if resume_path.exists():
         resume_path.unlink()
-    return {"history": history, "steps": step, "skipped_batches": skipped}
+    stats = {"steps": timed_steps, "seconds": round(timed_s, 3), "batch": batch_size,
+             "threads": torch.get_num_threads(), "device": device.type,
+             "seconds_per_step": round(timed_s / timed_steps, 4) if timed_steps else None}
+    logger.info("%s %s", RUN_STATS, json.dumps(stats))  # read back by ssdd_core.provenance
+    return {"history": history, "steps": step, "skipped_batches": skipped, "timing": stats}
 
 
 class _TqdmLog:

@@ -83,6 +83,26 @@ def tiny_run(wf):
     return wf, time.time() - t0
 
 
+def _check_provenance(wf, results):
+    """Issue 31: every score JSON says what made it: commit, config (and its hash), packages,
+    device, threads, and the seconds per step of the training stages behind it."""
+    import yaml
+
+    from ssdd_core.provenance import REPO, config_hash
+
+    tiny = yaml.safe_load((wf / "config" / "tiny.yaml").read_text())
+    for r in results:
+        pv = r["provenance"]
+        assert pv["config_sha256"] == config_hash(pv["config"])
+        assert pv["config"]["cls"]["epochs"] == tiny["cls"]["epochs"] and pv["config"]["data"] == tiny["data"]
+        assert pv["packages"]["torch"] and pv["packages"]["snakemake"] and pv["threads"] >= 1 and pv["device"]
+        if (REPO / ".git").exists():
+            assert len(pv["commit"]) == 40 and isinstance(pv["dirty"], bool)
+        for rule in ("train_cls.log", "train_aff.log", "train_static.log", "train_dynamic.log"):
+            st = pv["training"][rule]
+            assert st["steps"] > 0 and st["seconds_per_step"] == pytest.approx(st["seconds"] / st["steps"], rel=1e-2)
+
+
 def test_tiny_end_to_end(tiny_run):
     wf, seconds = tiny_run
     res = json.loads((wf / "results" / "miou.json").read_text())
@@ -96,6 +116,7 @@ def test_tiny_end_to_end(tiny_run):
     assert abs(integ["K_right"] + integ["A_right"] - integ["oracle_right"]) < 1e-9  # K ≠ A: at most one is right
     assert integ["D_right"] <= integ["oracle_right"] + 1e-9
     assert "| **mIoU" in (wf / "results" / "table1.md").read_text()
+    _check_provenance(wf, [res, base, seeds, json.loads((wf / "results" / "ablation.json").read_text())])
     from ssdd_core.io import load_mask_png
     preds = [load_mask_png(p) for p in sorted((wf / "results" / "pred" / "dynamic").glob("*/*.png"))]
     assert len(preds) == 6

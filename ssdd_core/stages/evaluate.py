@@ -104,7 +104,7 @@ def score(eval_cfg: dict, split_files, pred_dirs, out_json: str, extra: dict | N
     return res
 
 
-def score_seeds(cfg: dict, split_files, mask_sets: dict, cam_h5s, out_json: str) -> dict:
+def score_seeds(cfg: dict, split_files, mask_sets: dict, cam_h5s, out_json: str, extra: dict | None = None) -> dict:
     """Seed quality on the training ids with GT (paper Fig. 6): CAM (bg threshold), K0, A0, D0.
 
     When K0, A0 and D0 are all given, ``integration`` adds how m^D0 chose where m^K0 ≠ m^A0
@@ -114,6 +114,7 @@ def score_seeds(cfg: dict, split_files, mask_sets: dict, cam_h5s, out_json: str)
     Args:
         mask_sets: name → list of shard folders aligned with ``split_files``.
         cam_h5s: the CAM shards; empty (precomputed seeds) leaves the CAM row out.
+        extra: more keys for the JSON (the workflow adds ``provenance``).
     """
     voc = StageContext(cfg, torch_setup=False).voc
     maps = {name: id_map(split_files, dirs, ".png") for name, dirs in mask_sets.items()}
@@ -150,6 +151,6 @@ def score_seeds(cfg: dict, split_files, mask_sets: dict, cam_h5s, out_json: str)
                              "A_right": float(counts[4] / nd), "D_right": float(counts[5] / nd),
                              "oracle_right": float(counts[6] / nd)}}
         log.info("integration: %s", out["integration"])
-    write_json(out_json, {"summary": summary, **out})
+    write_json(out_json, {"summary": summary, **out, **(extra or {})})
     log.info("seed mIoU: %s", summary)
     return summary
