@@ -16,6 +16,17 @@ include: "rules/sweep.smk"
 include: "rules/report.smk"
 
 
+import time as _time
+
+from ssdd_core.report import run_summary
+
+_RUN_START = _time.time()
+
+
+onsuccess:
+    print(run_summary("results", _RUN_START))
+
+
 rule all:
     input:
         "results/miou.json",

@@ -32,9 +32,9 @@ SHARDS = [f"{i:03d}" for i in range(config["shards"])]
 
 
 def _torch_threads() -> int:
-    """Threads of a torch rule (training, CAM, walk, integration; issue 29): config `threads`,
-    else the cores Snakemake is given (`--cores N`; it scales a rule's threads down to that),
-    else 2 (an executor such as Slurm without --cores: set `threads` or --set-threads there)."""
+    """Threads of the torch jobs (training, CAM, walk, integration; issue 29). Config `threads`
+    if set, else the cores Snakemake is given (`--cores N`, which also caps every job), else 2
+    (an executor such as Slurm run without --cores: set `threads` or --set-threads there)."""
     if config.get("threads"):
         return int(config["threads"])
     try:

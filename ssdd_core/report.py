@@ -375,3 +375,36 @@ def sweep_table(weights, seeds_jsons, out_json: str) -> dict:
     for r in rows:
         log.info("bi_w=%s K0=%.4f A0=%.4f D0=%.4f", r["bi_w"], r["K0"], r["A0"], r["D0"])
     return {"rows": rows}
+
+
+def run_summary(results_dir: str = "results", since: float = 0.0) -> str:
+    """What a run just wrote (Snakemake's ``onsuccess``): the scores of every ``results/*.json``
+    modified at or after ``since`` (epoch seconds), and where the tables and the report are.
+
+    Returns:
+        the text to print (a line saying so when no score was written).
+    """
+    root = Path(results_dir)
+    lines = []
+    for p in sorted(root.glob("*.json")):
+        if p.stat().st_mtime < since:
+            continue
+        try:
+            d = read_json(p)
+        except Exception:  # not ours to judge here
+            continue
+        if "miou" in d and d["miou"] is not None:
+            lines.append(f"  {p}: mIoU {100 * d['miou']:.1f} over {d.get('n_images')} {d.get('split', '')} images "
+                         f"(model {d.get('model', '?')})")
+        elif "summary" in d:
+            rows = ", ".join(f"{k} {100 * v:.1f}" for k, v in d["summary"].items() if v is not None)
+            lines.append(f"  {p}: seed mIoU on training ids with GT: {rows}")
+        elif "rows" in d and isinstance(d["rows"], dict) and d.get("runs"):
+            rows = ", ".join(f"{k} {100 * r['miou_mean']:.1f}" for k, r in d["rows"].items())
+            lines.append(f"  {p}: ablation ({d['runs']} run(s), {d.get('n_images')} images): {rows}")
+    if not lines:
+        return "ssdd-pipeline: no score was written in this run."
+    where = [f"  {q}" for q in ("results/table1.md", "results/ablation.md") if (root / Path(q).name).exists()]
+    return "\n".join(["ssdd-pipeline: scores written in this run", *lines,
+                      "Per-class tables (per-class IoU also under iou_by_class in each JSON):", *where,
+                      "Report: snakemake --report report.html (figures in results/report/)"])

@@ -95,3 +95,25 @@ def test_shipped_configs_train_the_rows_like_the_dynamic_model(configfile):
     other["dynamic"]["init"] = "static" if cfg["dynamic"]["init"] == "classifier" else "classifier"
     diff = schedule_differences(other)
     assert len(diff) == 2 and diff[0].startswith("init: baseline") and diff[1].startswith("lr: baseline")
+
+
+def test_run_summary_lists_the_scores_just_written(tmp_path):
+    """Issue 31: the end-of-run summary (Snakefile onsuccess) shows the scores written by this run
+    (not older files) and where the tables are."""
+    import json
+    import os
+
+    from ssdd_core.report import run_summary
+
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "miou.json").write_text(json.dumps({"miou": 0.254, "n_images": 669, "split": "val", "model": "dynamic"}))
+    (res / "seeds.json").write_text(json.dumps({"summary": {"CAM": 0.31, "K0": 0.4, "A0": 0.39, "D0": 0.42}}))
+    (res / "miou_baseline.json").write_text(json.dumps({"miou": 0.2, "n_images": 669, "model": "seg_K0"}))
+    os.utime(res / "miou_baseline.json", (1, 1))  # from an earlier run
+    (res / "table1.md").write_text("x")
+    text = run_summary(str(res), since=1000)
+    assert "mIoU 25.4 over 669 val images (model dynamic)" in text
+    assert "CAM 31.0, K0 40.0, A0 39.0, D0 42.0" in text
+    assert "miou_baseline" not in text and "results/table1.md" in text and "ablation.md" not in text
+    assert run_summary(str(res), since=4e9) == "ssdd-pipeline: no score was written in this run."
