@@ -87,13 +87,13 @@ def with_rep_seed(cfg: dict, rep: str) -> dict:
 
 # The seg models inferred and scored: the SSDD dynamic model, the static stage's model and the
 # static-only rows (L_seg alone on m^K0 / m^A0 / m^D0; paper Fig. 8), each with its run suffix.
-SEG_KINDS = r"dynamic|static|seg_(?:K0|A0|D0)"
+SEG_KINDS = r"dynamic|dyn0|static|seg_(?:K0|A0|D0)"
 
 
 def model_kind(model: str) -> str:
-    """``stages.infer``'s model kind of a model name: dynamic, static or seg."""
+    """``stages.infer``'s model kind of a model name: dynamic (DYN0 included), static or seg."""
     base = split_rep(model)[0]
-    return "seg" if base.startswith("seg_") else base
+    return "seg" if base.startswith("seg_") else "dynamic" if base == "dyn0" else base
 
 
 wildcard_constraints:

@@ -4,6 +4,8 @@
 
 
 rule train_dynamic:
+    """SSDD's dynamic model (`dynamic`), or with `dyn0` its control row DYN0: the same rule and
+    settings with the refinement off (m^D0 in every seg loss; issue 30)."""
     input:
         unpack(classifier_input),
         unpack(static_input("dynamic")),
@@ -11,18 +13,21 @@ rule train_dynamic:
         ids=shards("results/splits/train/{shard}.txt"),
         d0=shards("results/masks/D0/{shard}"),
     output:
-        model="results/models/dynamic{rep}.pt",
-        diag="results/diagnostics/dynamic{rep}.json",
+        model="results/models/{dyn}{rep}.pt",
+        diag="results/diagnostics/{dyn}{rep}.json",
+    wildcard_constraints:
+        dyn="dynamic|dyn0",
     params:
         code=CODE_VERSION["train_dynamic"],
         cfg=lambda w: with_rep_seed(
             {k: config[k] for k in ("data", "model", "seg", "dynamic", "crf", "device", "amp", "nan_policy")},
             w.rep,
         ),
+        refinement=lambda w: w.dyn == "dynamic",
     log:
-        "logs/train_dynamic{rep}.log",
+        "logs/train_{dyn}{rep}.log",
     benchmark:
-        "benchmarks/train_dynamic{rep}.tsv"
+        "benchmarks/train_{dyn}{rep}.tsv"
     threads: TORCH_THREADS
     resources:
         gpu=DEVICE_GPU,

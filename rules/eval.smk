@@ -32,7 +32,7 @@ rule score:
     output:
         "results/miou{tag}.json",
     wildcard_constraints:
-        tag=rf"(?:|_baseline|_static|_seg_(?:K0|A0|D0)){REP}",
+        tag=rf"(?:|_baseline|_static|_dyn0|_seg_(?:K0|A0|D0)){REP}",
     params:
         code=CODE_VERSION["score"],
         cfg={"eval": config["eval"]},
@@ -82,6 +82,7 @@ rule ablation:
         K0=expand("results/miou_seg_K0{rep}.json", rep=REPS),
         A0=expand("results/miou_seg_A0{rep}.json", rep=REPS),
         D0=expand("results/miou_seg_D0{rep}.json", rep=REPS),
+        DYN0=expand("results/miou_dyn0{rep}.json", rep=REPS),
         SSDD=expand("results/miou{rep}.json", rep=REPS),
     output:
         md="results/ablation.md",

@@ -209,7 +209,7 @@ class DynamicDiagnostics:
 
 
 def make_dynamic_step(loss_kind: str, crf: InLoopCRF, biases: ssdd.Biases, alpha: float = 0.5, flag_ratio: float = 0.5,
-                      warmup_epochs: int = 0, diagnostics: DynamicDiagnostics | None = None):
+                      warmup_epochs: int = 0, diagnostics: DynamicDiagnostics | None = None, refinement: bool = True):
     """Dynamic region refinement, one iteration (SSDD Eq. 11-15, DESIGN §3.6).
 
     ``warmup_epochs`` (beyond the paper, 0 = paper): in the batches of epochs < warmup_epochs
@@ -219,6 +219,10 @@ def make_dynamic_step(loss_kind: str, crf: InLoopCRF, biases: ssdd.Biases, alpha
 
     ``diagnostics``: when given and the batch has ``GT`` crops, the iteration's masks are added
     to it (:class:`DynamicDiagnostics`; nothing else changes).
+
+    ``refinement`` False is the control row DYN0 (issue 30): the same model, losses, DD-Nets and
+    schedule, but the seg losses take m^D0 in place of m^D1 and m^D2 in every epoch (the warm-up
+    path throughout), so SSDD − DYN0 is what the dynamic refinement itself contributes.
     """
     def step(model, batch, device):
         x = batch["img"].to(device)
@@ -230,7 +234,7 @@ def make_dynamic_step(loss_kind: str, crf: InLoopCRF, biases: ssdd.Biases, alpha
         dk1, da1, dd0, dd1 = r["d1(K1)"], r["d1(A1)"], r["d2(D0)"], r["d2(D1)"]
         if diagnostics is not None and "GT" in batch:
             diagnostics.update({**r, "D0": md0}, batch["GT"])
-        warm = int(torch.as_tensor(batch.get("epoch", 0)).flatten()[0]) < warmup_epochs
+        warm = not refinement or int(torch.as_tensor(batch.get("epoch", 0)).flatten()[0]) < warmup_epochs
         l_main = seg_loss(lm, md0 if warm else md2, loss_kind)
         l_sub = alpha * seg_loss(ls, md0, loss_kind) + (1 - alpha) * seg_loss(ls, md0 if warm else md1, loss_kind)
         t1, v1 = ssdd.difference_target(mk1, ma1)

@@ -257,6 +257,7 @@ ABLATION_ROWS = {
     "K0": "seg model on m^K0 (PSA baseline)",
     "A0": "seg model on m^A0 (PSA + CRF)",
     "D0": "seg model on m^D0 (static region refinement)",
+    "DYN0": "SSDD model, refinement off (m^D0 in every seg loss: the control)",
     "SSDD": "SSDD (static + dynamic region refinement)",
 }
 

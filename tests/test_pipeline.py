@@ -230,17 +230,25 @@ def test_ablation_rows_end_to_end(tiny_run):
     for m in ("K0", "A0", "D0"):
         assert (wf / "results" / "models" / f"seg_{m}.pt").exists()
         assert "epoch 1/1:" in (wf / "logs" / "train_seg" / f"{m}.log").read_text()
+    # the control row DYN0: the dynamic rule with the refinement off, its own model and diagnostics
+    assert ab["rows"]["DYN0"]["miou_runs"] == [json.loads((wf / "results" / "miou_dyn0.json").read_text())["miou"]]
+    assert list(ab["rows"]) == ["K0", "A0", "D0", "DYN0", "SSDD"]
+    dyn0 = json.loads((wf / "results" / "diagnostics" / "dyn0.json").read_text())
+    assert (wf / "results" / "models" / "dyn0.pt").exists() and dyn0["epochs"]
+    assert "warmup=1.0000" in (wf / "logs" / "train_dyn0.log").read_text()  # m^D0 in every seg loss
+    assert "warmup=0.0000" in (wf / "logs" / "train_dynamic.log").read_text()  # tiny: no warm-up epoch
     md = (wf / "results" / "ablation.md").read_text()
+    assert "| DYN0 | SSDD model, refinement off" in md
     assert "| D0 | seg model on m^D0" in md and "## Published results" in md and "| SSDD | ResNet-38 | 64.9 |" in md
 
 
 def test_repeats_add_seeded_runs_of_the_seg_stages_only(tiny_run):
-    """`repeats: 2` adds run -r1 of the four seg models (seed + 1) and nothing upstream."""
+    """`repeats: 2` adds run -r1 of the five seg models (seed + 1) and nothing upstream."""
     wf, _ = tiny_run
     p = snakemake(wf, "-n", "-p", "results/ablation.md", "--configfile", "config/tiny.yaml", "--config", "repeats=2")
     jobs = _dry_run_jobs(p)
-    assert jobs.get("train_seg") == 3 and jobs.get("train_dynamic") == 1, jobs
-    assert jobs.get("infer") == 4 * 2 and jobs.get("score") == 4 and jobs.get("ablation") == 1, jobs
+    assert jobs.get("train_seg") == 3 and jobs.get("train_dynamic") == 2, jobs  # dynamic-r1, dyn0-r1
+    assert jobs.get("infer") == 5 * 2 and jobs.get("score") == 5 and jobs.get("ablation") == 1, jobs
     assert not set(jobs) & {"train_cls", "psa", "crf", "train_static", "integrate"}, jobs
     for out in ("results/models/seg_K0-r1.pt", "results/models/seg_D0-r1.pt", "results/models/dynamic-r1.pt",
                 "results/miou-r1.json", "results/miou_seg_A0-r1.json"):

@@ -207,6 +207,39 @@ def test_dynamic_warmup_trains_heads_on_d0(seg_batch):
     assert after["d2_eq_d0"] < 0.99 and abs(after["main"] - ref) > 1e-3
 
 
+def test_control_row_dyn0_never_feeds_d1_or_d2_to_a_seg_loss(seg_batch, monkeypatch):
+    """Issue 30: the control row DYN0 (``refinement=False``) is the dynamic step with m^D0 as the
+    target of every seg loss in every epoch, warm-up or not; the DD-Nets still train on their own
+    targets. The refining step, at the same epoch, feeds m^D2 / m^D1, which differ from m^D0 for
+    this model (so the check can fail)."""
+    from ssdd_core import refinement as R
+    from ssdd_core.crf import CRFParams
+    from ssdd_core.models.backbones import build_backbone
+    from ssdd_core.models.nets import SegModel
+
+    torch.manual_seed(0)
+    model = SegModel(build_backbone("efficientnet_lite0", 16), ("main", "sub"), ("d1", "d2"), hidden=32,
+                     dilation=2, dd_width=16, dd_stride=4).train()
+    imgs_dd = torch.stack([torch.from_numpy(np.full((24, 24, 3), 128, np.uint8))] * 4)
+    targets = []
+    real = R.seg_loss
+    monkeypatch.setattr(R, "seg_loss", lambda logits, target, kind: targets.append(target.clone()) or
+                        real(logits, target, kind))
+    batch = dict(seg_batch, D0=seg_batch["K0"], img_dd=imgs_dd, epoch=torch.full((4,), 3, dtype=torch.long))
+    for refine in (False, True):
+        targets.clear()
+        step = R.make_dynamic_step("balanced", R.InLoopCRF(CRFParams(iters=3), 0, 0.25), Biases(0.4, 1.0, 0.0),
+                                   warmup_epochs=1, refinement=refine)
+        with torch.no_grad():
+            loss, parts = step(model, batch, "cpu")
+        assert len(targets) == 3 and torch.isfinite(loss) and parts["diff"] > 0  # main, sub (two terms)
+        fed_d0 = [torch.equal(t, batch["D0"]) for t in targets]
+        if refine:
+            assert fed_d0 == [False, True, False], "SSDD: m^D2 to main, m^D0 and m^D1 to sub"
+        else:
+            assert all(fed_d0) and parts["warmup"] == 1.0, "DYN0 fed a seg loss something other than m^D0"
+
+
 def test_ddnet_batchnorm_normalises_with_batch_statistics(seg_batch):
     """The DD-Net's BN uses batch statistics in training (affine fixed, left out of the
     optimizer) while the encoder's and seg head's BN stay frozen; so on real images the one-hot

@@ -5,5 +5,6 @@ from ssdd_core.runlog import logged
 
 with logged(snakemake.log[0]):
     i = snakemake.input
-    report.ablation_table({"K0": list(i.K0), "A0": list(i.A0), "D0": list(i.D0), "SSDD": list(i.SSDD)},
+    report.ablation_table({"K0": list(i.K0), "A0": list(i.A0), "D0": list(i.D0), "DYN0": list(i.DYN0),
+                           "SSDD": list(i.SSDD)},
                           snakemake.output.md, snakemake.output.json, {"provenance": provenance(snakemake.config)})

@@ -5,4 +5,4 @@ from ssdd_core.runlog import logged
 with logged(snakemake.log[0]):
     i = snakemake.input
     stages.train_dynamic(snakemake.params.cfg, i.get("cls"), i.labels, list(i.ids), list(i.d0), snakemake.output.model,
-                         snakemake.threads, snakemake.output.diag, i.get("static"))
+                         snakemake.threads, snakemake.output.diag, i.get("static"), snakemake.params.refinement)

@@ -92,7 +92,7 @@ def init_from_static(model: SegModel, static_pt: str) -> SegModel:
     """Initialise a seg model from the static stage's model (``static.pt``, DESIGN §3.5): the
     encoder θ_e as trained there, every seg head from its head ``base`` and every DD-Net from its
     ``d0``. Beyond the paper (which starts the dynamic stage from the classifier): issue 18's lever
-    for a dynamic model whose predictions start at the quality of the seeds (README "Deviations").
+    for a dynamic model whose predictions start at the quality of the seeds (docs/deviations.md).
 
     Raises:
         ArtifactError: unreadable file, or a checkpoint that is not a static model of this config

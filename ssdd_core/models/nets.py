@@ -140,7 +140,7 @@ class DDNet(FrozenBNMixin, nn.Module):
     BNs are fixed affine maps: identities from initialisation). Affine parameters never train
     (the rest of the model keeps frozen BN, DESIGN §3.7). Frozen, the one-hot branch entered the
     bottleneck ~6× weaker than the image branch (std 0.17 vs 0.99 on voc2012_mini, before
-    issue 17); README "Deviations" has the measured choice.
+    issue 17); docs/deviations.md has the measured choice.
 
     Args:
         high_ch: channels of e^h (the seg head's hidden layer).

@@ -148,7 +148,7 @@ def train_seg(cfg, cls_pt: str | None, labels_json, split_files, mask_dirs, out,
 def inloop_crf(cfg: dict, threads: int = 2) -> InLoopCRF:
     """The dynamic stage's training-time CRF (DESIGN §3.6): ``dynamic.crf_iters`` iterations
     of the ``crf`` block at the DD resolution, kernel widths × ``dynamic.crf_kernel_scale``
-    (1 in every shipped config, the authors' code; README "Deviations" has a proxy measurement
+    (1 in every shipped config, the authors' code; docs/deviations.md has a proxy measurement
     of ¼, the value the code used to hard-wire)."""
     d = cfg["dynamic"]
     workers = d["crf_workers"] if d["crf_workers"] is not None else max(0, int(threads) if threads > 1 else 0)
@@ -176,7 +176,7 @@ def _start_diagnostics(model, ds: SegDataset, idx: list[int], step, batch_size: 
 
 
 def train_dynamic(cfg, cls_pt: str | None, labels_json, split_files, d0_dirs, out, threads=2,
-                  diag_json: str | None = None, static_pt: str | None = None) -> dict:
+                  diag_json: str | None = None, static_pt: str | None = None, refinement: bool = True) -> dict:
     """Dynamic region refinement (Eq. 11-15) → ``dynamic.pt`` (heads main/sub, DD-Nets d1/d2).
 
     The model starts from the PSA classifier's encoder (``dynamic.init: classifier``, the paper)
@@ -189,6 +189,9 @@ def train_dynamic(cfg, cls_pt: str | None, labels_json, split_files, d0_dirs, ou
     ``{"ids": n, "epochs": [...]}``; ``{"ids": 0, "epochs": []}`` when off or no id has GT). Row
     ``epoch`` 0 is the start point on the first epoch's crops, before any update (training is
     unchanged by it); row e ≥ 1 is accumulated over epoch e's training iterations.
+
+    ``refinement`` False trains the control row DYN0 (m^D0 in every seg loss;
+    :func:`~ssdd_core.refinement.make_dynamic_step`).
     """
     ctx = StageContext(cfg, threads, labels_json)
     d = cfg["dynamic"]
@@ -217,8 +220,8 @@ def train_dynamic(cfg, cls_pt: str | None, labels_json, split_files, d0_dirs, ou
     incrf = inloop_crf(cfg, threads)
     try:
         step = make_dynamic_step(cfg["seg"]["seg_loss"], incrf, Biases.from_config(d), d["alpha"], d["flag_ratio"],
-                                 d["warmup_epochs"], diag)
-        key = [cfg["crf"], files_key([*_given(cls_pt), *_given(static_pt), *d0_dirs])]
+                                 d["warmup_epochs"], diag, refinement)
+        key = [cfg["crf"], files_key([*_given(cls_pt), *_given(static_pt), *d0_dirs]), refinement]
         if diag is not None and not any(r["epoch"] == 0 for r in diag.history):
             pos = {i: n for n, i in enumerate(ids)}
             _start_diagnostics(model, ds, [pos[i] for i in gt], step, d["batch"], ctx.device)
