@@ -30,7 +30,8 @@ rule score:
         ids=shards("results/splits/eval/{shard}.txt"),
         pred=lambda w: shards(f"results/pred/{scored_model(w.tag)}/{{shard}}"),
     output:
-        "results/miou{tag}.json",
+        json="results/miou{tag}.json",
+        confusion="results/confusion/miou{tag}.h5",
     wildcard_constraints:
         tag=rf"(?:|_baseline|_static|_dyn0|_seg_(?:K0|A0|D0)){REP}",
     params:
@@ -84,6 +85,8 @@ rule ablation:
         D0=expand("results/miou_seg_D0{rep}.json", rep=REPS),
         DYN0=expand("results/miou_dyn0{rep}.json", rep=REPS),
         SSDD=expand("results/miou{rep}.json", rep=REPS),
+        confusion=expand("results/confusion/miou{tag}{rep}.h5", tag=["_seg_K0", "_seg_A0", "_seg_D0", "_dyn0", ""],
+                         rep=REPS),
     output:
         md="results/ablation.md",
         json="results/ablation.json",

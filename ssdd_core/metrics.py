@@ -25,8 +25,9 @@ class ConfusionMatrix:
         self.n_scored = 0  # GT pixels (not 255) seen
         self.n_unlabelled = 0  # of those, predicted 255 (pred_ignore only)
 
-    def update(self, pred: np.ndarray, target: np.ndarray) -> None:
-        """Add one image.
+    def update(self, pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+        """Add one image; returns its own (K, K) int64 confusion matrix (for image-level
+        statistics, :mod:`ssdd_core.stats`).
 
         Args:
             pred: (H, W) integer predictions in 0..K-1; with ``pred_ignore`` (seeds, which may
@@ -51,8 +52,10 @@ class ConfusionMatrix:
             raise ValueError(f"GT label out of range 0..{self.k - 1} (and not {IGNORE})")
         if p.size and (p.max() >= self.k or p.min() < 0):
             raise ValueError(f"prediction out of range 0..{self.k - 1}")
-        self.mat += np.bincount(t * self.k + p, minlength=self.k * self.k).reshape(self.k, self.k)
+        one = np.bincount(t * self.k + p, minlength=self.k * self.k).reshape(self.k, self.k)
+        self.mat += one
         self.n_images += 1
+        return one
 
     def compute(self) -> dict:
         """Scores from the accumulated matrix.

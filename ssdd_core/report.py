@@ -267,7 +267,67 @@ def _mean_std(x: Sequence[float]) -> tuple[float, float | None]:
     return float(a.mean()), (float(a.std(ddof=1)) if a.size > 1 else None)
 
 
-def ablation_table(rows: Mapping[str, Sequence[str]], out_md: str, out_json: str, extra: dict | None = None) -> dict:
+def confusion_path(score_json: str) -> str:
+    """The per-image confusion file the ``score`` rule writes beside a score JSON:
+    ``results/miou_x.json`` → ``results/confusion/miou_x.h5``."""
+    p = Path(score_json)
+    return str(p.parent / "confusion" / (p.stem + ".h5"))
+
+
+def read_confusion(path: str) -> tuple[list[str], np.ndarray]:
+    """(ids, (N, K, K) int64 per-image confusion matrices) of a ``score`` rule's HDF5.
+
+    Raises:
+        ArtifactError: a missing or unreadable file (naming it)."""
+    import h5py
+
+    from .io import ArtifactError
+
+    try:
+        with h5py.File(path, "r") as f:
+            return [i.decode() for i in f["ids"][()]], f["confusion"][()].astype(np.int64)
+    except (OSError, KeyError) as e:
+        raise ArtifactError(f"{path}: cannot read per-image confusion matrices ({e})") from e
+
+
+# (row, reference) pairs compared in the ablation table: every row against K0, SSDD also against
+# the control DYN0 (the refinement's own contribution) and D0 (issue 30)
+COMPARISONS = (("A0", "K0"), ("D0", "K0"), ("DYN0", "K0"), ("SSDD", "K0"), ("SSDD", "DYN0"), ("SSDD", "D0"))
+
+
+def compare_rows(miou: Mapping[str, Sequence[float]], confusions: Mapping[str, Sequence[str]] | None,
+                 n_boot: int = 10000) -> list[dict]:
+    """The :data:`COMPARISONS` present in ``miou`` (row → per-run mIoU): paired t-test over runs
+    and, with ``confusions`` (row → per-run confusion files), the image-level paired bootstrap
+    95% CI (:mod:`ssdd_core.stats`).
+
+    Raises:
+        ValueError: two rows' runs scored on different image ids."""
+    from . import stats
+
+    conf = {}
+    out = []
+    for row, ref in COMPARISONS:
+        if row not in miou or ref not in miou:
+            continue
+        c = {"row": row, "reference": ref, **stats.paired_t(miou[ref], miou[row])}
+        if confusions and row in confusions and ref in confusions:
+            for name in (row, ref):
+                if name not in conf:
+                    read = [read_confusion(p) for p in confusions[name]]
+                    conf[name] = (read[0][0], np.stack([m for _, m in read]))
+                    if any(ids != read[0][0] for ids, _ in read):
+                        raise ValueError(f"ablation: the runs of row {name} were scored on different images")
+            if conf[row][0] != conf[ref][0]:
+                raise ValueError(f"ablation: rows {row} and {ref} were scored on different images")
+            c["bootstrap"] = stats.paired_bootstrap(conf[ref][1], conf[row][1], n_boot=n_boot)
+        out.append(c)
+    return out
+
+
+def ablation_table(rows: Mapping[str, Sequence[str]], out_md: str, out_json: str, extra: dict | None = None,
+                   confusions: Mapping[str, Sequence[str]] | None = None, repeats_cover: str | None = None,
+                   n_boot: int = 10000) -> dict:
     """The ablation rows of paper Table 1 / Fig. 8 on the eval split, mean ± std over runs.
 
     Args:
@@ -278,6 +338,9 @@ def ablation_table(rows: Mapping[str, Sequence[str]], out_md: str, out_json: str
             numbers: per row the per-run mIoU and per-class IoU, their mean and sample std
             (ddof 1; null with one run), and the paired gain over the reference row.
         extra: more keys for the JSON (the workflow adds ``provenance``).
+        confusions: row → per-run per-image confusion files (``score``'s HDF5): adds the
+            image-level paired bootstrap CI to each comparison (:func:`compare_rows`).
+        repeats_cover: what a repeat reruns, for the table's header.
     Returns: the JSON object written.
     Raises:
         ValueError: rows with different numbers of runs, or runs scored on different splits /
@@ -310,6 +373,9 @@ def ablation_table(rows: Mapping[str, Sequence[str]], out_md: str, out_json: str
             "gain_within_std": None if gs is None else bool(abs(gm) <= gs),
             "iou_mean": [None if np.isnan(c).all() else float(np.nanmean(c)) for c in iou.T],
         }
+    out["comparisons"] = compare_rows({k: r["miou_runs"] for k, r in out["rows"].items()}, confusions, n_boot)
+    out["repeats_cover"] = repeats_cover
+
     def pct(v):
         return "–" if v is None else f"{100 * v:.1f}"
 
@@ -317,6 +383,7 @@ def ablation_table(rows: Mapping[str, Sequence[str]], out_md: str, out_json: str
         return pct(m) + ("" if s is None else f" ± {pct(s)}")
 
     lines = [f"# Ablation on {split} ({n_images} images, {out['runs']} run(s) per row)", "",
+             *([f"Repeats rerun {repeats_cover}.", ""] if repeats_cover else []),
              f"mIoU over the classes in GT; mean ± sample std over runs; gain = row − {ref} per run "
              "(same seed), mean ± std.", "",
              f"| row | model | mIoU | gain vs {ref} | |", "| --- | --- | ---: | ---: | --- |"]
@@ -325,6 +392,16 @@ def ablation_table(rows: Mapping[str, Sequence[str]], out_md: str, out_json: str
                 else "within run-to-run noise" if r["gain_within_std"] else "larger than its std")
         gain = "" if name == ref else ("+" if r["gain_mean"] >= 0 else "") + pm(r["gain_mean"], r["gain_std"])
         lines.append(f"| {name} | {r['what']} | {pm(r['miou_mean'], r['miou_std'])} | {gain} | {note} |")
+    lines += ["", "Differences (row − reference): paired t-test over runs; 95% CI from an image-level paired "
+              f"bootstrap ({n_boot} resamples of the {n_images} eval images, mean over runs). Significant at 5% "
+              "only when the CI excludes 0.", "",
+              "| row − reference | mean | p (paired t) | 95% CI | |", "| --- | ---: | ---: | ---: | --- |"]
+    for c in out["comparisons"]:
+        b = c.get("bootstrap")
+        ci = "–" if not b else f"[{100 * b['ci95'][0]:+.1f}, {100 * b['ci95'][1]:+.1f}]"
+        verdict = "no CI" if not b else "significant at 5%" if b["significant"] else "difference not shown"
+        p = "–" if c["p"] is None else f"{c['p']:.3f}"
+        lines.append(f"| {c['row']} − {c['reference']} | {100 * c['mean_diff']:+.1f} | {p} | {ci} | {verdict} |")
     names = list(out["rows"])
     last = names[-1]
     lines += ["", f"Per class (IoU, mean over runs; gain = {last} − {ref}, paper Table 1):", "",

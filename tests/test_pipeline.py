@@ -239,6 +239,14 @@ def test_ablation_rows_end_to_end(tiny_run):
     assert "warmup=0.0000" in (wf / "logs" / "train_dynamic.log").read_text()  # tiny: no warm-up epoch
     md = (wf / "results" / "ablation.md").read_text()
     assert "| DYN0 | SSDD model, refinement off" in md
+    # significance (issue 30): SSDD against K0, DYN0 and D0, with the image-level bootstrap CI
+    comps = {(c["row"], c["reference"]): c for c in ab["comparisons"]}
+    assert {("SSDD", "K0"), ("SSDD", "DYN0"), ("SSDD", "D0"), ("A0", "K0")} <= set(comps)
+    b = comps["SSDD", "K0"]["bootstrap"]
+    assert b["n_images"] == 6 and b["ci95"][0] <= b["diff"] <= b["ci95"][1]
+    assert b["diff"] == pytest.approx(ab["rows"]["SSDD"]["gain_runs"][0], abs=1e-9)
+    assert comps["SSDD", "K0"]["p"] is None  # one run: no t-test
+    assert "| SSDD − DYN0 |" in md and "Repeats rerun the seg training" in md
     assert "| D0 | seg model on m^D0" in md and "## Published results" in md and "| SSDD | ResNet-38 | 64.9 |" in md
 
 

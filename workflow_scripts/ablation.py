@@ -5,6 +5,8 @@ from ssdd_core.runlog import logged
 
 with logged(snakemake.log[0]):
     i = snakemake.input
-    report.ablation_table({"K0": list(i.K0), "A0": list(i.A0), "D0": list(i.D0), "DYN0": list(i.DYN0),
-                           "SSDD": list(i.SSDD)},
-                          snakemake.output.md, snakemake.output.json, {"provenance": provenance(snakemake.config)})
+    rows = {"K0": list(i.K0), "A0": list(i.A0), "D0": list(i.D0), "DYN0": list(i.DYN0), "SSDD": list(i.SSDD)}
+    report.ablation_table(rows,
+                          snakemake.output.md, snakemake.output.json, {"provenance": provenance(snakemake.config)},
+                          confusions={k: [report.confusion_path(p) for p in v] for k, v in rows.items()},
+                          repeats_cover="the seg training (the seeds, the CRF, the static stage and m^D0 are shared)")

@@ -5,4 +5,5 @@ from ssdd_core.runlog import logged
 
 with logged(snakemake.log[0]):
     stages.score(snakemake.params.cfg["eval"], list(snakemake.input.ids), list(snakemake.input.pred),
-                 snakemake.output[0], {"model": snakemake.params.model, "provenance": provenance(snakemake.config)})
+                 snakemake.output.json, {"model": snakemake.params.model, "provenance": provenance(snakemake.config)},
+                 snakemake.output.confusion)

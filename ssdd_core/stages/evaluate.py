@@ -17,6 +17,7 @@ from ..data import VOCRoot
 from ..io import (
     ArtifactError,
     atomic_dir,
+    atomic_path,
     id_map,
     load_mask_png,
     read_h5,
@@ -85,17 +86,29 @@ def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str
     return {"n": len(ids), "seconds": dt}
 
 
-def score(eval_cfg: dict, split_files, pred_dirs, out_json: str, extra: dict | None = None) -> dict:
-    """Confusion-matrix mIoU of predictions against the eval GT (DESIGN §3.8) → JSON."""
+def score(eval_cfg: dict, split_files, pred_dirs, out_json: str, extra: dict | None = None,
+          out_confusion: str | None = None) -> dict:
+    """Confusion-matrix mIoU of predictions against the eval GT (DESIGN §3.8) → JSON; with
+    ``out_confusion`` also the per-image confusion matrices (HDF5 ``ids`` (N,), ``confusion``
+    (N, 21, 21) int32, ids sorted), for the image-level bootstrap of the ablation table."""
     voc = VOCRoot(eval_cfg["root"], eval_cfg["gt_dir"])
     cm = ConfusionMatrix()
     preds = id_map(split_files, pred_dirs, ".png")
+    per_image = {}
     for i, p in progress(preds.items(), "score", total=len(preds)):
         gt = voc.load_mask(i)
         pr = load_mask_png(p)
         if pr.shape != gt.shape:
             raise ArtifactError(f"{p}: prediction {pr.shape} vs GT {gt.shape} of {voc.mask_path(i)}")
-        cm.update(pr, gt)
+        per_image[i] = cm.update(pr, gt)
+    if out_confusion:
+        import h5py
+
+        ids = sorted(per_image)
+        with atomic_path(out_confusion) as tmp, h5py.File(tmp, "w") as f:
+            f.create_dataset("ids", data=np.array(ids, dtype="S"))
+            f.create_dataset("confusion", data=np.stack([per_image[i] for i in ids]).astype(np.int32),
+                             compression="gzip")
     res = cm.compute()
     res.update({"split": str(eval_cfg["split"]), "root": str(voc.root), "gt_dir": eval_cfg["gt_dir"]})
     res.update(extra or {})
