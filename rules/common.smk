@@ -58,10 +58,27 @@ def classifier_input(wildcards=None) -> dict:
     return {"cls": "results/models/cls.pt"} if PSA_SEEDS else {}
 
 
+def static_rep(rep: str) -> str:
+    """The run suffix of the static stage (static.pt, m^D0) that seg run ``rep`` uses: its own
+    with `repeats_from: static`, run 0's ("") with `seg`."""
+    return rep if config["repeats_from"] == "static" else ""
+
+
 def static_input(block: str):
     """Input function: the static stage's model for a training rule whose config block ``block``
     starts from it (``init: static``), none otherwise."""
-    return lambda wildcards=None: {"static": "results/models/static.pt"} if config[block]["init"] == "static" else {}
+    return lambda w: ({"static": f"results/models/static{static_rep(w.rep)}.pt"} if config[block]["init"] == "static"
+                      else {})
+
+
+def d0_shards(w) -> list:
+    """Input function: the m^D0 shard folders of seg run ``w.rep`` (:func:`static_rep`)."""
+    return shards(f"results/masks/D0{static_rep(w.rep)}/{{shard}}")
+
+
+def mask_shards(w) -> list:
+    """Input function: the training masks of static-only row ``w.mask`` for run ``w.rep``."""
+    return d0_shards(w) if w.mask == "D0" else shards(f"results/masks/{w.mask}/{{shard}}")
 
 
 # Rules that run on the device claim `gpu` (the default profile allows gpu=1, so they take

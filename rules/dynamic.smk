@@ -11,7 +11,7 @@ rule train_dynamic:
         unpack(static_input("dynamic")),
         labels="results/labels/train.json",
         ids=shards("results/splits/train/{shard}.txt"),
-        d0=shards("results/masks/D0/{shard}"),
+        d0=d0_shards,
     output:
         model="results/models/{dyn}{rep}.pt",
         diag="results/diagnostics/{dyn}{rep}.json",
@@ -42,7 +42,7 @@ rule train_seg:
         unpack(static_input("baseline")),
         labels="results/labels/train.json",
         ids=shards("results/splits/train/{shard}.txt"),
-        masks=shards("results/masks/{{mask}}/{shard}"),
+        masks=mask_shards,
     output:
         "results/models/seg_{mask}{rep}.pt",
     params:

@@ -9,14 +9,16 @@ rule train_static:
         k0=shards("results/masks/K0/{shard}"),
         a0=shards("results/masks/A0/{shard}"),
     output:
-        "results/models/static.pt",
+        "results/models/static{rep}.pt",
     params:
         code=CODE_VERSION["train_static"],
-        cfg={k: config[k] for k in ("data", "model", "seg", "static", "seed", "device", "amp", "nan_policy")},
+        cfg=lambda w: with_rep_seed(
+            {k: config[k] for k in ("data", "model", "seg", "static", "seed", "device", "amp", "nan_policy")}, w.rep
+        ),
     log:
-        "logs/train_static.log",
+        "logs/train_static{rep}.log",
     benchmark:
-        "benchmarks/train_static.tsv"
+        "benchmarks/train_static{rep}.tsv"
     threads: TORCH_THREADS
     resources:
         gpu=DEVICE_GPU,
@@ -26,21 +28,21 @@ rule train_static:
 
 rule integrate:
     input:
-        model="results/models/static.pt",
+        model="results/models/static{rep}.pt",
         labels="results/labels/train.json",
         ids="results/splits/train/{shard}.txt",
         k0="results/masks/K0/{shard}",
         a0="results/masks/A0/{shard}",
     output:
-        masks=directory("results/masks/D0/{shard}"),
-        dd="results/dd0/{shard}.h5",
+        masks=directory("results/masks/D0{rep}/{shard}"),
+        dd="results/dd0{rep}/{shard}.h5",
     params:
         code=CODE_VERSION["integrate"],
-        cfg={k: config[k] for k in ("data", "model", "seg", "static", "seed", "device")},
+        cfg=lambda w: with_rep_seed({k: config[k] for k in ("data", "model", "seg", "static", "seed", "device")}, w.rep),
     log:
-        "logs/integrate/{shard}.log",
+        "logs/integrate{rep}/{shard}.log",
     benchmark:
-        "benchmarks/integrate/{shard}.tsv"
+        "benchmarks/integrate{rep}/{shard}.tsv"
     threads: TORCH_THREADS
     resources:
         gpu=DEVICE_GPU,

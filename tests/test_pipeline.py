@@ -263,6 +263,32 @@ def test_repeats_add_seeded_runs_of_the_seg_stages_only(tiny_run):
         assert out in p.stdout, out
 
 
+def test_repeats_from_static_rerun_the_static_stage_per_run(wf):
+    """Issue 30: `repeats_from: static` gives every run its own static model and m^D0 (seed + r),
+    which that run's D0 row and dynamic models train on; `seg` (the default) shares run 0's."""
+    def dag(*over):
+        p = snakemake(wf, "-n", "--forceall", "results/ablation.md", "--configfile", "config/tiny.yaml", "--config",
+                      "repeats=2", "dynamic={'init': 'static'}", *over)
+        inputs = {}
+        for block in p.stdout.split("rule ")[1:]:
+            lines = block.splitlines()
+            out = next((ln for ln in lines if ln.strip().startswith("output:")), "")
+            inputs[out.split(":", 1)[1].split(",")[0].strip()] = next(
+                (ln for ln in lines if ln.strip().startswith("input:")), "")
+        return _dry_run_jobs(p), inputs
+
+    jobs, inputs = dag("repeats_from=static")
+    assert jobs["train_static"] == 2 and jobs["integrate"] == 4, jobs
+    for model in ("results/models/seg_D0-r1.pt", "results/models/dynamic-r1.pt", "results/models/dyn0-r1.pt"):
+        assert "results/masks/D0-r1/000" in inputs[model] and "results/masks/D0/000" not in inputs[model], model
+    assert "results/models/static-r1.pt" in inputs["results/models/dynamic-r1.pt"]
+    assert "results/masks/K0/000" in inputs["results/models/seg_K0-r1.pt"]
+    jobs, inputs = dag()
+    assert jobs["train_static"] == 1 and jobs["integrate"] == 2, jobs
+    assert "results/masks/D0/000" in inputs["results/models/dynamic-r1.pt"]
+    assert "results/models/static.pt" in inputs["results/models/dynamic-r1.pt"]
+
+
 @pytest.mark.parametrize("init", ["classifier", "static"])
 def test_init_static_makes_the_static_model_an_input_of_the_seg_stages(wf, init):
     """`baseline.init` / `dynamic.init: static` (issue 18) add results/models/static.pt to the
