@@ -97,6 +97,12 @@ REP = REP_PATTERN
 REPS = [rep_suffix(r) for r in range(config["repeats"])]
 
 
+def run_of(w) -> str:
+    """The run suffix of a job's wildcards ("" for rules without `{rep}`, such as the sweep's
+    reuse of train_static / integrate)."""
+    return getattr(w, "rep", "")
+
+
 def with_rep_seed(cfg: dict, rep: str) -> dict:
     """A rule's config blocks with the run's seed (config seed + run index)."""
     return {**cfg, "seed": config["seed"] + split_rep(rep)[1]}

@@ -13,7 +13,7 @@ rule train_static:
     params:
         code=CODE_VERSION["train_static"],
         cfg=lambda w: with_rep_seed(
-            {k: config[k] for k in ("data", "model", "seg", "static", "seed", "device", "amp", "nan_policy")}, w.rep
+            {k: config[k] for k in ("data", "model", "seg", "static", "seed", "device", "amp", "nan_policy")}, run_of(w)
         ),
     log:
         "logs/train_static{rep}.log",
@@ -38,7 +38,7 @@ rule integrate:
         dd="results/dd0{rep}/{shard}.h5",
     params:
         code=CODE_VERSION["integrate"],
-        cfg=lambda w: with_rep_seed({k: config[k] for k in ("data", "model", "seg", "static", "seed", "device")}, w.rep),
+        cfg=lambda w: with_rep_seed({k: config[k] for k in ("data", "model", "seg", "static", "seed", "device")}, run_of(w)),
     log:
         "logs/integrate{rep}/{shard}.log",
     benchmark:

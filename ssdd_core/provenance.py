@@ -2,8 +2,9 @@
 
 Every ``results/*.json`` that holds a score carries :func:`provenance` under ``"provenance"``:
 the git commit of the code (and whether its tree was dirty), the config and its hash, package
-versions, device and threads, and the seconds per step of the training stages behind it (read
-from the lines ``ssdd_core.train.fit`` leaves in the rules' logs).
+versions, device and threads, and the seconds per step of the training stages (read from the
+lines ``ssdd_core.train.fit`` leaves in the rules' logs: every training log present when the
+result was written, so the stages behind it and any others that had run in the same folder).
 """
 from __future__ import annotations
 
