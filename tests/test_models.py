@@ -137,16 +137,11 @@ def _centroid_error(bb, key, x, pixels):
     return np.array(errs).mean(0)
 
 
-@pytest.mark.parametrize("name, os_", CASES)
-def test_every_tap_is_centred_where_its_grid_says(name, os_):
-    """DESIGN §4 check (a): with centred kernels (random weights; EfficientNet with
-    ``flip_trained`` off), the centroid of |∂f/∂x| of one pixel of each tap resampled with the
-    tap's :class:`Grid` lies within s/4 of that pixel, in x and y. Mean over weight seeds (a
-    single random draw scatters by ~3 px at EfficientNet's ``out``) and three pixels of a noise
-    image. The old code, measured the same way on a real image: ResNet-50 at stride 16 ``out``
-    −14.3 / −16.4 px (bound 4), ResNet-38 at stride 8 ``out`` −8.5 / −7.4 (bound 2),
-    EfficientNet-Lite0 at stride 8 ``mid`` −4.2 / −5.5 (bound 2)."""
-    torch.set_num_threads(2)
+def centroid_errors(name: str, os_: int):
+    """Per tap, the (x, y) centroid error of :func:`_centroid_error` with centred kernels
+    (random weights; EfficientNet with ``flip_trained`` off): mean over weight seeds (4 for
+    EfficientNet, whose single draws scatter by ~3 px at ``out``) and three pixels of a fixed
+    noise image. Returns (tap → (2,) error in px, the last backbone built)."""
     size = 192 if name == "resnet38" else 256
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     seeds = 4 if name == "efficientnet_lite0" else 1
@@ -158,6 +153,20 @@ def test_every_tap_is_centred_where_its_grid_says(name, os_):
             bb.flip_trained = False
         for k in TAPS:
             errs[k] += _centroid_error(bb, k, x, (size // 2 - 5, size // 2, size // 2 + 6)) / seeds
+    return errs, bb
+
+
+@pytest.mark.parametrize("name, os_", CASES)
+def test_every_tap_is_centred_where_its_grid_says(name, os_):
+    """DESIGN §4 check (a): with centred kernels (random weights; EfficientNet with
+    ``flip_trained`` off), the centroid of |∂f/∂x| of one pixel of each tap resampled with the
+    tap's :class:`Grid` lies within s/4 of that pixel, in x and y. Mean over weight seeds (a
+    single random draw scatters by ~3 px at EfficientNet's ``out``) and three pixels of a noise
+    image. The old code, measured the same way on a real image: ResNet-50 at stride 16 ``out``
+    −14.3 / −16.4 px (bound 4), ResNet-38 at stride 8 ``out`` −8.5 / −7.4 (bound 2),
+    EfficientNet-Lite0 at stride 8 ``mid`` −4.2 / −5.5 (bound 2)."""
+    torch.set_num_threads(2)
+    errs, bb = centroid_errors(name, os_)
     bad = {k: (bb.grids[k], e.round(1)) for k, e in errs.items() if np.abs(e).max() > bb.grids[k].stride / 4}
     assert not bad, f"{name} at output stride {os_}: taps off their grid by more than s/4: {bad}"
 

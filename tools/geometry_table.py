@@ -13,13 +13,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
-from test_models import CASES, TAPS, _centroid_error, _to_pixels, _val_crops, flip_shift  # noqa: E402
+from test_models import CASES, TAPS, _to_pixels, _val_crops, centroid_errors, flip_shift  # noqa: E402
 
 from ssdd_core.data import VOCRoot  # noqa: E402
 from ssdd_core.models.backbones import build_backbone  # noqa: E402
@@ -32,17 +31,7 @@ def main():
     print("| backbone | stride | tap | grid (s, offset) | centroid error x / y (bound) | flip shifts, ImageNet |")
     print("| --- | ---: | --- | --- | --- | --- |")
     for name, os_ in CASES:
-        size = 192 if name == "resnet38" else 256
-        x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
-        seeds = 4 if name == "efficientnet_lite0" else 1
-        errs = {k: np.zeros(2) for k in TAPS}
-        for seed in range(seeds):
-            torch.manual_seed(seed)
-            bb = build_backbone(name, os_, pretrained=False).eval()
-            if name == "efficientnet_lite0":
-                bb.flip_trained = False
-            for k in TAPS:
-                errs[k] += _centroid_error(bb, k, x, (size // 2 - 5, size // 2, size // 2 + 6)) / seeds
+        errs, bb = centroid_errors(name, os_)
         real = build_backbone(name, os_).eval() if name == "efficientnet_lite0" else None
         for k in TAPS:
             g = bb.grids[k]
