@@ -52,16 +52,38 @@ if not PSA_SEEDS and not config["seeds"]["dir"]:
     raise ValueError("config: seeds.source is 'precomputed' but seeds.dir is not set (the folder of the seeds)")
 
 
-def classifier_input(wildcards=None) -> dict:
-    """The PSA classifier that initialises the seg models' encoder; none (ImageNet weights) with
-    precomputed seeds, whose rule graph has no classifier."""
-    return {"cls": "results/models/cls.pt"} if PSA_SEEDS else {}
+if config["repeats_from"] == "seeds" and not PSA_SEEDS:
+    raise ValueError("config: repeats_from 'seeds' reruns the PSA seed chain, but seeds.source is 'precomputed' "
+                     "(imported seeds are fixed); use repeats_from 'static' or 'seg'")
+
+
+def seed_rep(rep: str) -> str:
+    """The run suffix of the seed chain (classifier → CAM → AffinityNet → walk → m^K0, CRF → m^A0)
+    that run ``rep`` uses: its own with `repeats_from: seeds`, run 0's ("") otherwise (issue 30)."""
+    return rep if config["repeats_from"] == "seeds" else ""
 
 
 def static_rep(rep: str) -> str:
     """The run suffix of the static stage (static.pt, m^D0) that seg run ``rep`` uses: its own
-    with `repeats_from: static`, run 0's ("") with `seg`."""
-    return rep if config["repeats_from"] == "static" else ""
+    with `repeats_from: static` or `seeds`, run 0's ("") with `seg`."""
+    return rep if config["repeats_from"] in ("static", "seeds") else ""
+
+
+def classifier_input(wildcards=None) -> dict:
+    """The PSA classifier that initialises the seg models' encoder (the run's own with
+    `repeats_from: seeds`); none (ImageNet weights) with precomputed seeds, whose rule graph has
+    no classifier."""
+    return {"cls": f"results/models/cls{seed_rep(run_of(wildcards))}.pt"} if PSA_SEEDS else {}
+
+
+def seed_masks(mask: str):
+    """Input function: the shard folders of seed mask ``mask`` (K0 or A0) of the job's run."""
+    return lambda w: shards(f"results/masks/{mask}{seed_rep(run_of(w))}/{{shard}}")
+
+
+def seed_mask(mask: str):
+    """Input function: the folder of seed mask ``mask`` (K0 or A0) for the job's run and shard."""
+    return lambda w: f"results/masks/{mask}{seed_rep(run_of(w))}/{w.shard}"
 
 
 def static_input(block: str):
@@ -78,7 +100,7 @@ def d0_shards(w) -> list:
 
 def mask_shards(w) -> list:
     """Input function: the training masks of static-only row ``w.mask`` for run ``w.rep``."""
-    return d0_shards(w) if w.mask == "D0" else shards(f"results/masks/{w.mask}/{{shard}}")
+    return d0_shards(w) if w.mask == "D0" else seed_masks(w.mask)(w)
 
 
 # Rules that run on the device claim `gpu` (the default profile allows gpu=1, so they take
@@ -100,7 +122,7 @@ REPS = [rep_suffix(r) for r in range(config["repeats"])]
 def run_of(w) -> str:
     """The run suffix of a job's wildcards ("" for rules without `{rep}`, such as the sweep's
     reuse of train_static / integrate)."""
-    return getattr(w, "rep", "")
+    return getattr(w, "rep", "") if w is not None else ""
 
 
 def with_rep_seed(cfg: dict, rep: str) -> dict:

@@ -3,16 +3,16 @@
 
 rule crf:
     input:
-        probs="results/psa/{shard}.h5",
+        probs="results/psa{rep}/{shard}.h5",
     output:
-        masks=directory("results/masks/A0/{shard}"),
+        masks=directory("results/masks/A0{rep}/{shard}"),
     params:
         code=CODE_VERSION["crf"],
         cfg={k: config[k] for k in ("data", "crf")},
     log:
-        "logs/crf/{shard}.log",
+        "logs/crf{rep}/{shard}.log",
     benchmark:
-        "benchmarks/crf/{shard}.tsv"
+        "benchmarks/crf{rep}/{shard}.tsv"
     threads: 1
     script:
         "../workflow_scripts/crf.py"

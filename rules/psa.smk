@@ -1,18 +1,21 @@
 # PSA seeds (DESIGN §3.2): classifier → CAM → affinity labels → AffinityNet → random walk (m^K0).
+# `{rep}` is "" except for the runs r > 0 of `repeats_from: seeds` ("-r<r>", seed + r; issue 30).
 
 
 rule train_cls:
     input:
         labels="results/labels/train.json",
     output:
-        "results/models/cls.pt",
+        "results/models/cls{rep}.pt",
     params:
         code=CODE_VERSION["train_cls"],
-        cfg={k: config[k] for k in ("data", "model", "cls", "seed", "device", "amp", "nan_policy")},
+        cfg=lambda w: with_rep_seed(
+            {k: config[k] for k in ("data", "model", "cls", "seed", "device", "amp", "nan_policy")}, w.rep
+        ),
     log:
-        "logs/train_cls.log",
+        "logs/train_cls{rep}.log",
     benchmark:
-        "benchmarks/train_cls.tsv"
+        "benchmarks/train_cls{rep}.tsv"
     threads: TORCH_THREADS
     resources:
         gpu=DEVICE_GPU,
@@ -22,18 +25,18 @@ rule train_cls:
 
 rule cam:
     input:
-        model="results/models/cls.pt",
+        model="results/models/cls{rep}.pt",
         ids="results/splits/train/{shard}.txt",
         labels="results/labels/train.json",
     output:
-        "results/cam/{shard}.h5",
+        "results/cam{rep}/{shard}.h5",
     params:
         code=CODE_VERSION["cam"],
         cfg={k: config[k] for k in ("data", "model", "cam", "seed", "device")},
     log:
-        "logs/cam/{shard}.log",
+        "logs/cam{rep}/{shard}.log",
     benchmark:
-        "benchmarks/cam/{shard}.tsv"
+        "benchmarks/cam{rep}/{shard}.tsv"
     threads: TORCH_THREADS
     resources:
         gpu=DEVICE_GPU,
@@ -43,16 +46,16 @@ rule cam:
 
 rule aff_labels:
     input:
-        cam="results/cam/{shard}.h5",
+        cam="results/cam{rep}/{shard}.h5",
     output:
-        "results/aff_labels/{shard}.h5",
+        "results/aff_labels{rep}/{shard}.h5",
     params:
         code=CODE_VERSION["aff_labels"],
         cfg={k: config[k] for k in ("data", "aff")},
     log:
-        "logs/aff_labels/{shard}.log",
+        "logs/aff_labels{rep}/{shard}.log",
     benchmark:
-        "benchmarks/aff_labels/{shard}.tsv"
+        "benchmarks/aff_labels{rep}/{shard}.tsv"
     threads: 1
     script:
         "../workflow_scripts/aff_labels.py"
@@ -61,16 +64,18 @@ rule aff_labels:
 rule train_aff:
     input:
         labels="results/labels/train.json",
-        aff=shards("results/aff_labels/{shard}.h5"),
+        aff=shards("results/aff_labels{{rep}}/{shard}.h5"),
     output:
-        "results/models/aff.pt",
+        "results/models/aff{rep}.pt",
     params:
         code=CODE_VERSION["train_aff"],
-        cfg={k: config[k] for k in ("data", "model", "aff", "seed", "device", "amp", "nan_policy")},
+        cfg=lambda w: with_rep_seed(
+            {k: config[k] for k in ("data", "model", "aff", "seed", "device", "amp", "nan_policy")}, w.rep
+        ),
     log:
-        "logs/train_aff.log",
+        "logs/train_aff{rep}.log",
     benchmark:
-        "benchmarks/train_aff.tsv"
+        "benchmarks/train_aff{rep}.tsv"
     threads: TORCH_THREADS
     resources:
         gpu=DEVICE_GPU,
@@ -82,18 +87,18 @@ if PSA_SEEDS:
 
     rule psa:
         input:
-            model="results/models/aff.pt",
-            cam="results/cam/{shard}.h5",
+            model="results/models/aff{rep}.pt",
+            cam="results/cam{rep}/{shard}.h5",
         output:
-            probs="results/psa/{shard}.h5",
-            masks=directory("results/masks/K0/{shard}"),
+            probs="results/psa{rep}/{shard}.h5",
+            masks=directory("results/masks/K0{rep}/{shard}"),
         params:
             code=CODE_VERSION["psa"],
             cfg={k: config[k] for k in ("data", "model", "aff", "psa", "seed", "device")},
         log:
-            "logs/psa/{shard}.log",
+            "logs/psa{rep}/{shard}.log",
         benchmark:
-            "benchmarks/psa/{shard}.tsv"
+            "benchmarks/psa{rep}/{shard}.tsv"
         threads: TORCH_THREADS
         resources:
             gpu=DEVICE_GPU,

@@ -6,8 +6,8 @@ rule train_static:
         unpack(classifier_input),
         labels="results/labels/train.json",
         ids=shards("results/splits/train/{shard}.txt"),
-        k0=shards("results/masks/K0/{shard}"),
-        a0=shards("results/masks/A0/{shard}"),
+        k0=seed_masks("K0"),
+        a0=seed_masks("A0"),
     output:
         "results/models/static{rep}.pt",
     params:
@@ -31,8 +31,8 @@ rule integrate:
         model="results/models/static{rep}.pt",
         labels="results/labels/train.json",
         ids="results/splits/train/{shard}.txt",
-        k0="results/masks/K0/{shard}",
-        a0="results/masks/A0/{shard}",
+        k0=seed_mask("K0"),
+        a0=seed_mask("A0"),
     output:
         masks=directory("results/masks/D0{rep}/{shard}"),
         dd="results/dd0{rep}/{shard}.h5",

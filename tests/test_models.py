@@ -424,3 +424,43 @@ def test_init_static_without_a_static_model_is_refused_before_training(tmp_path,
     with pytest.raises(Exception) as e:
         getattr(stages, stage)(cfg, None, str(tmp_path / "labels.json"), [], [], str(out), 1)
     assert "static-stage model" not in str(e.value)
+
+
+@pytest.mark.parametrize("kind", ["cls", "aff", "dynamic"])
+def test_channels_last_models_compute_what_contiguous_ones_do(sample, kind):
+    """Issue 29: the factory stores 4-d weights channels-last (the speed-up); a copy in the default
+    layout gives the same outputs and gradients on a real image, up to float rounding (1e-4 of
+    each tensor's scale), and the factory's model really is channels-last (else no speed-up)."""
+    import copy
+
+    import yaml
+
+    from ssdd_core.models import factory
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    torch.manual_seed(0)
+    model = factory.build(cfg, kind, cfg["model"]["train_output_stride"]).eval()
+    convs = [m.weight for m in model.modules() if isinstance(m, torch.nn.Conv2d)
+             and m.weight.shape[1] > 1 and m.weight.shape[-1] > 1]  # (depthwise / 1×1: both layouts coincide)
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() for w in convs)
+    plain = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
+    assert all(p.is_contiguous() for p in plain.parameters())
+    img = resize_image(sample.load_image(sample.read_ids("train_aug")[0]), (96, 96))
+    x = torch.from_numpy(normalize(img))[None]
+
+    def run(m):
+        out = m(x)
+        if kind == "dynamic":
+            dd = m.dd("d1", out, "main", out["logits/main"].argmax(1))
+            out = torch.cat([out["logits/main"].flatten(), out["logits/sub"].flatten(), dd.flatten()])
+        loss = (out.float() ** 2).mean()
+        m.zero_grad()
+        loss.backward()
+        return out.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    (ya, ga), (yb, gb) = run(model), run(plain)
+    scale = yb.abs().max()
+    assert (ya - yb).abs().max() <= 1e-4 * scale
+    assert ga.keys() == gb.keys() and ga
+    for n in ga:
+        assert (ga[n] - gb[n]).abs().max() <= 1e-4 * gb[n].abs().max() + 1e-12, n

@@ -154,6 +154,35 @@ def test_tiny_end_to_end(tiny_run):
     assert not list((wf / "results").rglob("*.tmp"))
 
 
+# The tiny run's scores as the code of f88cc5c made them (before issue 29's speed-ups), on this
+# project's 2-core CPU machine: a speed-up must leave every stage's output within TINY_TOL of these
+# (issue 29). Channels-last weights moved them by <= 5e-7; a change of method moves them by more.
+TINY_REFERENCE = {
+    "seeds.json": {"CAM": 0.13291784078190788, "K0": 0.1348626579256946, "A0": 0.11040644904847488,
+                   "D0": 0.13463566637575525},
+    "miou.json": 0.06537275870728801, "miou_baseline.json": 0.06600092345403359,
+    "miou_dyn0.json": 0.0660313889123089, "miou_seg_K0.json": 0.06600092345403359,
+    "miou_seg_A0.json": 0.06635328035233055, "miou_seg_D0.json": 0.06602431885263121,
+}
+TINY_TOL = 5e-4  # mIoU as a fraction: 0.05 points
+
+
+def test_tiny_run_scores_match_the_reference_within_tolerance(tiny_run):
+    """Issue 29: the speed-ups (channels-last, thread counts, ...) leave the seeds and every row's
+    score where the code before them put them (within float rounding, TINY_TOL)."""
+    wf, _ = tiny_run
+    got, want = {}, {}
+    for name, ref in TINY_REFERENCE.items():
+        res = json.loads((wf / "results" / name).read_text())
+        if isinstance(ref, dict):
+            for mask, v in ref.items():
+                got[f"{name}:{mask}"], want[f"{name}:{mask}"] = res[mask]["miou"], v
+        else:
+            got[name], want[name] = res["miou"], ref
+    off = {k: (got[k], want[k]) for k in want if abs(got[k] - want[k]) > TINY_TOL}
+    assert not off, f"scores moved beyond {TINY_TOL} from the reference (got, reference): {off}"
+
+
 def _dry_run_jobs(p) -> dict:
     """Job name → count from the "Job stats:" table of a dry run's output."""
     jobs, started = {}, False
@@ -265,19 +294,55 @@ def test_repeats_add_seeded_runs_of_the_seg_stages_only(tiny_run):
         assert out in p.stdout, out
 
 
+def _repeat_dag(wf, *over):
+    """Job counts and first output → input line of the dry-run DAG of a 2-run ablation."""
+    p = snakemake(wf, "-n", "--forceall", "results/ablation.md", "--configfile", "config/tiny.yaml", "--config",
+                  "repeats=2", "dynamic={'init': 'static'}", *over)
+    inputs = {}
+    for block in p.stdout.split("rule ")[1:]:
+        lines = block.splitlines()
+        out = next((ln for ln in lines if ln.strip().startswith("output:")), "")
+        inputs[out.split(":", 1)[1].split(",")[0].strip()] = next(
+            (ln for ln in lines if ln.strip().startswith("input:")), "")
+    return _dry_run_jobs(p), inputs
+
+
+def test_repeats_from_seeds_rerun_the_whole_seed_chain_per_run(wf):
+    """Issue 30: `repeats_from: seeds` gives every run its own classifier, CAM, AffinityNet, m^K0,
+    m^A0, static stage and m^D0 (seed + r); each link of run 1 reads run 1's artifacts only."""
+    jobs, inputs = _repeat_dag(wf, "repeats_from=seeds")
+    for rule, n in {"train_cls": 2, "train_aff": 2, "train_static": 2, "cam": 4, "aff_labels": 4, "psa": 4,
+                    "crf": 4, "integrate": 4, "train_dynamic": 4, "train_seg": 6}.items():
+        assert jobs[rule] == n, (rule, jobs)
+    r1 = {"results/cam-r1/000.h5": ["results/models/cls-r1.pt"],
+          "results/aff_labels-r1/000.h5": ["results/cam-r1/000.h5"],
+          "results/models/aff-r1.pt": ["results/aff_labels-r1/000.h5", "results/aff_labels-r1/001.h5"],
+          "results/psa-r1/000.h5": ["results/models/aff-r1.pt", "results/cam-r1/000.h5"],
+          "results/masks/A0-r1/000": ["results/psa-r1/000.h5"],
+          "results/models/static-r1.pt": ["results/models/cls-r1.pt", "results/masks/K0-r1/000",
+                                          "results/masks/A0-r1/001"],
+          "results/masks/D0-r1/000": ["results/models/static-r1.pt", "results/masks/K0-r1/000",
+                                      "results/masks/A0-r1/000"],
+          "results/models/seg_K0-r1.pt": ["results/masks/K0-r1/000", "results/models/cls-r1.pt"],
+          "results/models/seg_A0-r1.pt": ["results/masks/A0-r1/001"],
+          "results/models/dynamic-r1.pt": ["results/masks/D0-r1/000", "results/models/static-r1.pt"]}
+    for out, want in r1.items():
+        got = inputs[out].replace(",", " ").split()
+        assert all(w in got for w in want), (out, got)
+        run0 = [t for t in got if t.startswith("results/") and "-r1" not in t
+                and not t.startswith(("results/labels/", "results/splits/"))]
+        assert not run0, (out, run0)  # nothing of run 0's seed chain
+    assert "results/models/cls.pt" in inputs["results/cam/000.h5"]
+    with pytest.raises(AssertionError, match="repeats_from 'seeds'"):
+        snakemake(wf, "-n", "results/ablation.md", "--configfile", "config/tiny.yaml", "--config",
+                  "repeats_from=seeds", "seeds={'source': 'precomputed', 'dir': 'data'}")
+
+
 def test_repeats_from_static_rerun_the_static_stage_per_run(wf):
     """Issue 30: `repeats_from: static` gives every run its own static model and m^D0 (seed + r),
     which that run's D0 row and dynamic models train on; `seg` (the default) shares run 0's."""
     def dag(*over):
-        p = snakemake(wf, "-n", "--forceall", "results/ablation.md", "--configfile", "config/tiny.yaml", "--config",
-                      "repeats=2", "dynamic={'init': 'static'}", *over)
-        inputs = {}
-        for block in p.stdout.split("rule ")[1:]:
-            lines = block.splitlines()
-            out = next((ln for ln in lines if ln.strip().startswith("output:")), "")
-            inputs[out.split(":", 1)[1].split(",")[0].strip()] = next(
-                (ln for ln in lines if ln.strip().startswith("input:")), "")
-        return _dry_run_jobs(p), inputs
+        return _repeat_dag(wf, *over)
 
     jobs, inputs = dag("repeats_from=static")
     assert jobs["train_static"] == 2 and jobs["integrate"] == 4, jobs

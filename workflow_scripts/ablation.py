@@ -12,4 +12,7 @@ with logged(snakemake.log[0]):
                           repeats_cover={"seg": "the seg training (the seeds, the CRF, the static stage and m^D0 are "
                                                 "shared)",
                                          "static": "the static stage, m^D0 and the seg training (the seeds and the "
-                                                   "CRF are shared)"}[snakemake.config["repeats_from"]])
+                                                   "CRF are shared)",
+                                         "seeds": "the whole seed chain (classifier, CAM, AffinityNet, walk, CRF), "
+                                                  "the static stage, m^D0 and the seg training"
+                                         }[snakemake.config["repeats_from"]])
