@@ -2,12 +2,13 @@
 
     python tools/profile_rules.py [RUN_DIR] --configfile config/voc2012_balanced.yaml
     python tools/profile_rules.py --scaling --configfile config/voc2012_balanced.yaml   # 1 vs 2 threads
+    python tools/profile_rules.py --scaling --layouts --configfile ...   # and NCHW vs channels-last
 
 For each rule with benchmark files (Snakemake's ``benchmarks/``, shards summed): wall seconds,
 images, images/s; for the training rules also the steps and seconds per step that
 ``ssdd_core.train.fit`` logs, the network's FLOPs per step (3 × the forward pass of the encoder
-and heads at the rule's batch and crop, counted with ``torch.utils.flop_counter``; the DD-Nets,
-the in-loop CRF and data loading are not counted), the achieved FLOP/s and its share of this
+and heads at the rule's batch and crop with the DD-Net passes the step makes, counted with
+``torch.utils.flop_counter``; the in-loop CRF and data loading are not counted), the achieved FLOP/s and its share of this
 machine's dense-matmul rate at the same thread count (measured here, 2048² float32). The
 remainder of a training step (data loading, CRF, Python) is what the network does not explain.
 """
@@ -61,30 +62,57 @@ def matmul_gflops(threads: int, n: int = 2048, reps: int = 5) -> float:
     return 2 * n ** 3 * reps / (time.perf_counter() - t) / 1e9
 
 
+# The DD-Net passes of one training step per seg model kind (refinement.make_static_step /
+# make_dynamic_step): (DD-Net, head) per pass; the image branch is computed once per pair.
+DD_PASSES = {"static": [("d0", "base")] * 2, "dynamic": [("d1", "main")] * 2 + [("d2", "sub")] * 2}
+
+
+def forward_loss(model, kind: str, x: torch.Tensor) -> torch.Tensor:
+    """The network work of one training step of ``kind`` on ``x``: the forward pass and, for the
+    static and dynamic models, every DD-Net pass the step makes (on arg-max masks), summed into
+    one scalar to back-propagate."""
+    out = model(x)
+    if torch.is_tensor(out):
+        return out.float().sum()
+    loss = sum(v.float().sum() for k, v in out.items() if k.startswith("logits/"))
+    for name, head in DD_PASSES.get(kind, []):
+        loss = loss + model.dd(name, out, head, out[f"logits/{head}"].detach().argmax(1)).float().sum()
+    return loss
+
+
 def step_gflop(cfg: dict, kind: str, block: str) -> float:
     """FLOPs (G) of one training step of model ``kind`` at ``cfg[block]``'s batch and crop: the
-    forward pass counted with ``FlopCounterMode``, times 3 for forward + backward (the usual
-    estimate: torch's counter counts a grouped conv's backward as a dense one, 35× too many
-    for EfficientNet's depthwise convs; a frozen stem's saved backward is not subtracted)."""
+    forward pass and the step's DD-Net passes (:func:`forward_loss`) counted with
+    ``FlopCounterMode``, times 3 for forward + backward (the usual estimate: torch's counter counts
+    a grouped conv's backward as a dense one, 35× too many for EfficientNet's depthwise convs; a
+    frozen stem's saved backward is not subtracted)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from ssdd_core.models import factory
 
     b = cfg[block]
-    model = factory.build(cfg, "seg" if kind == "seg" else kind, cfg["model"]["train_output_stride"]).eval()
+    model = factory.build(cfg, kind, cfg["model"]["train_output_stride"]).eval()
     x = torch.randn(b["batch"], 3, b["crop"], b["crop"])
     with FlopCounterMode(display=False) as fc, torch.no_grad():
-        model(x)
+        forward_loss(model, kind, x)
     return 3 * fc.get_total_flops() / 1e9
 
 
-def thread_scaling(cfg: dict, threads=(1, 2), steps: int = 3) -> None:
-    """Seconds per training step (network forward + backward + SGD, random batch at each rule's
-    batch and crop) of every model kind at each thread count, and the speed-up over the first."""
+def thread_scaling(cfg: dict, threads=(1, 2), steps: int = 3, layouts: bool = False) -> None:
+    """Seconds per training step (forward with the step's DD-Net passes + backward + SGD, random
+    batch at each rule's batch and crop) of every model kind at each thread count, and the
+    speed-up over the first. With ``layouts`` each is also measured with the weights in the
+    default (contiguous NCHW) layout, the code before issue 29's channels-last change, in the same
+    process, so the two compare on the same machine state."""
     from ssdd_core.models import factory
 
-    print("| model (rule) | " + " | ".join(f"s/step, {t} thread(s)" for t in threads) + " | speed-up |")
-    print("| --- |" + " ---: |" * (len(threads) + 1))
+    cols = [(t, fmt) for t in threads for fmt in ((torch.contiguous_format, torch.channels_last) if layouts
+                                                  else (torch.channels_last,))]
+    name = {torch.contiguous_format: "NCHW", torch.channels_last: "channels-last"}
+    print("| model (rule) | " + " | ".join(f"s/step, {t} thread(s)" + (f", {name[f]}" if layouts else "")
+                                         for t, f in cols)
+          + " | thread speed-up |" + (" channels-last speed-up |" if layouts else ""))
+    print("| --- |" + " ---: |" * (len(cols) + 1 + layouts))
     for rule, (kind, block) in TRAIN.items():
         if rule == "train_dyn0":
             continue
@@ -93,22 +121,24 @@ def thread_scaling(cfg: dict, threads=(1, 2), steps: int = 3) -> None:
         model = factory.build(cfg, kind, cfg["model"]["train_output_stride"]).train()
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6)
         x = torch.randn(b["batch"], 3, b["crop"], b["crop"])
-        per = []
-        for t in threads:
+        per = {}
+        for t, fmt in cols:
             torch.set_num_threads(t)
+            model.to(memory_format=fmt)
             times = []
             for _ in range(steps + 1):
                 t0 = time.perf_counter()
-                out = model(x)
-                loss = out.sum() if torch.is_tensor(out) else sum(v.float().sum() for k, v in out.items()
-                                                                     if k.startswith("logits/"))
+                loss = forward_loss(model, kind, x)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 times.append(time.perf_counter() - t0)
-            per.append(float(np.median(times[1:])))
-        print(f"| {kind} ({rule}) | " + " | ".join(f"{v:.2f}" for v in per) + f" | {per[0] / per[-1]:.2f}× |",
-              flush=True)
+            per[t, fmt] = float(np.median(times[1:]))
+        cl = [per[t, torch.channels_last] for t in threads]
+        line = f"| {kind} ({rule}) | " + " | ".join(f"{per[c]:.2f}" for c in cols) + f" | {cl[0] / cl[-1]:.2f}× |"
+        if layouts:
+            line += f" {per[threads[-1], torch.contiguous_format] / cl[-1]:.2f}× |"
+        print(line, flush=True)
 
 
 def main():
@@ -116,10 +146,12 @@ def main():
     ap.add_argument("run", nargs="?", default=".", type=Path, help="the workflow folder of a finished run")
     ap.add_argument("--configfile", nargs="*", default=[])
     ap.add_argument("--scaling", action="store_true", help="only: s/step of each model kind at 1 vs 2 threads")
+    ap.add_argument("--layouts", action="store_true",
+                    help="with --scaling: also with the weights in the default NCHW layout (before channels-last)")
     a = ap.parse_args()
     cfg = merged_config(a.configfile)
     if a.scaling:
-        thread_scaling(cfg)
+        thread_scaling(cfg, layouts=a.layouts)
         return
     secs = bench_seconds(a.run)
     stats = training_stats(a.run / "logs")
