@@ -8,8 +8,8 @@ For each rule with benchmark files (Snakemake's ``benchmarks/``, shards summed):
 images, images/s; for the training rules also the steps and seconds per step that
 ``ssdd_core.train.fit`` logs, the network's FLOPs per step (3 × the forward pass of the encoder
 and heads at the rule's batch and crop with the DD-Net passes the step makes, counted with
-``torch.utils.flop_counter``; the in-loop CRF and data loading are not counted), the achieved FLOP/s and its share of this
-machine's dense-matmul rate at the same thread count (measured here, 2048² float32). The
+``torch.utils.flop_counter``; the in-loop CRF and data loading are not counted), the achieved
+FLOP/s and its share of this machine's dense-matmul rate at the same thread count (measured here, 2048² float32). The
 remainder of a training step (data loading, CRF, Python) is what the network does not explain.
 """
 from __future__ import annotations

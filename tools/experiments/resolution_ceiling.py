@@ -82,7 +82,8 @@ def main():
                 cms[src, s].update(np.where(pred == IGNORE, 0, pred), tgt)
     print(f"{len(ids)} training ids with GT (every {a.every}th), square size {size} px, DD cells {dd} px; "
           f"mIoU against the GT at the DD resolution:\n")
-    print("| labels | " + " | ".join(f"stride {s}" + (" (the mask itself)" if s == dd else "") for s in a.strides) + " |")
+    heads = [f"stride {s}" + (" (the mask itself)" if s == dd else "") for s in a.strides]
+    print("| labels | " + " | ".join(heads) + " |")
     print("| --- |" + " ---: |" * len(a.strides))
     for src in ("D0", "GT"):
         print(f"| {'m^D0' if src == 'D0' else 'GT'} | "
