@@ -93,7 +93,7 @@ def check_walk_scale(long_side: int, crop: int, scale_range: Sequence[float], wh
 
 
 # the settings that make the static-only rows and the dynamic model a like-for-like comparison
-SCHEDULE_KEYS = ("init", "epochs", "batch", "lr", "weight_decay", "crop", "resize_range", "max_steps")
+SCHEDULE_KEYS = ("init", "epochs", "batch", "lr", "weight_decay", "head_lr_mult", "crop", "resize_range", "max_steps")
 
 
 def schedule_differences(cfg: dict) -> list[str]:

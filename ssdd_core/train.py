@@ -76,8 +76,9 @@ def make_optimizer(model, lr: float, weight_decay: float, new_lr_mult: float = 1
 
 def fit(model, dataset, step_fn: Callable, out_path: str, *, epochs: int, batch_size: int, lr: float,
         weight_decay: float, schedule: str, device: torch.device, seed: int, threads: int = 1,
-        nan_policy: str = "error", resume_key: str = "", amp: bool = False, max_steps: int | None = None,
-        logger: logging.Logger = log, on_epoch_end: Callable[[int], None] | None = None) -> dict:
+        new_lr_mult: float = 10.0, nan_policy: str = "error", resume_key: str = "", amp: bool = False,
+        max_steps: int | None = None, logger: logging.Logger = log,
+        on_epoch_end: Callable[[int], None] | None = None) -> dict:
     """Train ``model`` and write its ``state_dict`` to ``out_path`` (atomically).
 
     A resume state (model, optimizer, epoch, step, losses) is written after every epoch to
@@ -89,6 +90,8 @@ def fit(model, dataset, step_fn: Callable, out_path: str, *, epochs: int, batch_
         nan_policy: ``error`` stops on a non-finite loss naming epoch / step / term;
             ``skip`` drops the batch with a warning (counted in the log).
         max_steps: stop after this many optimizer steps in total (for quick tests).
+        new_lr_mult: the learning rate of the model's ``new_parameters()`` (heads, DD-Nets) as a
+            multiple of ``lr`` (:func:`make_optimizer`).
         on_epoch_end: called with the 1-based epoch after each epoch, before its resume state is
             written (e.g. to close per-epoch statistics a step function gathered).
     Returns:
@@ -102,7 +105,7 @@ def fit(model, dataset, step_fn: Callable, out_path: str, *, epochs: int, batch_
     # train() first: it freezes batch norm (FrozenBNMixin), so the optimiser holds the same parameters
     # whether or not the caller put the model in train mode before (a resume state must match them).
     model.train()
-    opt = make_optimizer(model, lr, weight_decay)
+    opt = make_optimizer(model, lr, weight_decay, new_lr_mult)
     loader_kw = dict(batch_size=batch_size, shuffle=False, drop_last=len(dataset) >= batch_size,
                      num_workers=threads if device.type == "cuda" else 0, pin_memory=device.type == "cuda")
     n = len(dataset)

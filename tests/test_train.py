@@ -98,6 +98,33 @@ def test_training_is_deterministic(tmp_path):
     assert a["history"] == b["history"]
 
 
+@pytest.mark.parametrize("mult", [1.0, 10.0])
+def test_head_lr_mult_of_a_training_block_sets_the_new_layers_lr(tmp_path, mult):
+    """Issue 30's lever for an ``init: static`` start: a block's ``head_lr_mult`` is the heads' /
+    DD-Nets' (``new_parameters``) learning rate over ``lr``, through StageContext.fit into the
+    optimiser; the encoder keeps ``lr``. Observed on the parameter change of one SGD step from
+    zero momentum: Δw = −lr_group · grad."""
+    from ssdd_core.stages.context import StageContext
+
+    torch.manual_seed(0)
+    m = Toy()
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    grads = {}
+
+    def step(model, batch, device):
+        loss, parts = toy_step(model, batch, device)
+        g = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
+        grads.update({n: v.clone() for (n, _), v in zip(model.named_parameters(), g)})
+        return loss, parts
+
+    ctx = StageContext({"seed": 0, "device": "cpu", "nan_policy": "error", "amp": False}, 1)
+    block = {"epochs": 1, "batch": 8, "lr": 0.1, "weight_decay": 0.0, "head_lr_mult": mult, "max_steps": 1}
+    ctx.fit(m, ToyDS(), step, str(tmp_path / "m.pt"), block, "constant", ["k"])
+    for n, p in m.named_parameters():
+        lr = 0.1 * (mult if n.startswith("b.") else 1.0)
+        assert torch.allclose(before[n] - p.detach(), lr * grads[n], atol=1e-6), n
+
+
 def test_seg_loss_balanced_vs_plain():
     logits = torch.zeros(1, 21, 2, 2)
     logits[0, 1, 0, 0] = 5.0

@@ -58,9 +58,11 @@ class StageContext:
 
     def fit(self, model, dataset, step, out: str, block: dict, schedule: str, key: list, on_epoch_end=None) -> dict:
         """:func:`ssdd_core.train.fit` with a training block's settings (``epochs``, ``batch``,
-        ``lr``, ``weight_decay``, ``max_steps``) and the run's seed, device, threads, AMP and NaN
-        policy; ``key`` (config blocks and input files) makes the resume key."""
+        ``lr``, ``weight_decay``, ``head_lr_mult`` (10 when the block has none), ``max_steps``) and the
+        run's seed, device, threads, AMP and NaN policy; ``key`` (config blocks and input files) makes
+        the resume key."""
         return fit(model, dataset, step, out, epochs=block["epochs"], batch_size=block["batch"], lr=block["lr"],
-                   weight_decay=block["weight_decay"], schedule=schedule, device=self.device, seed=self.cfg["seed"],
+                   weight_decay=block["weight_decay"], new_lr_mult=block.get("head_lr_mult", 10.0),
+                   schedule=schedule, device=self.device, seed=self.cfg["seed"],
                    threads=self.threads, nan_policy=self.cfg["nan_policy"], resume_key=config_hash(key),
                    amp=self.cfg["amp"], max_steps=block.get("max_steps"), logger=log, on_epoch_end=on_epoch_end)
