@@ -11,6 +11,8 @@ wildcard_constraints:
 
 
 use rule crf as sweep_crf with:
+    input:
+        probs="results/psa/{shard}.h5",  # run 0's seeds (crf's own input has the {rep} of repeats_from: seeds)
     output:
         masks=directory(f"{SW}/masks/A0/{{shard}}"),
     params:
