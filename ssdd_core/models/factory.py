@@ -38,8 +38,8 @@ def build(cfg: dict, kind: str, output_stride: int, pretrained: bool = False) ->
 
     The model's 4-d weights are stored channels-last (NHWC, :func:`channels_last`): every
     convolution then runs channels-last whatever the input's layout, the same numbers up to float
-    rounding, 1.2-1.5× faster per training step on CPU (issue 29; ``tools/profile_rules.py
-    --scaling``). Loading a state_dict keeps the layout.
+    rounding, 1.1-1.4× faster per training step on CPU (issue 29; ``tools/profile_rules.py
+    --scaling --layouts``). Loading a state_dict keeps the layout.
 
     Raises:
         ValueError: unknown kind.
