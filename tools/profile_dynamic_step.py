@@ -19,11 +19,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from config_files import merged_config  # noqa: E402
+from config_files import merged_config, run_masks  # noqa: E402
 
 from ssdd_core import refinement  # noqa: E402
 from ssdd_core.datasets import SegDataset  # noqa: E402
-from ssdd_core.io import id_map  # noqa: E402
 from ssdd_core.models import factory  # noqa: E402
 from ssdd_core.ssdd import Biases  # noqa: E402
 from ssdd_core.stages.context import StageContext  # noqa: E402
@@ -40,8 +39,7 @@ def main():
     cfg = merged_config(a.configfile)
     ctx = StageContext(cfg, a.threads, str(a.results / "labels" / "train.json"))
     d = cfg["dynamic"]
-    splits = sorted((a.results / "splits" / "train").glob("*.txt"))
-    d0 = id_map(splits, [a.results / "masks" / "D0" / p.stem for p in splits], ".png")
+    d0 = run_masks(a.results, "D0")
     ids = sorted(i for i in ctx.labels if i in d0)
     static_pt = a.results / "models" / "static.pt"
     cls_pt = a.results / "models" / "cls.pt"

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/
-from config_files import merged_config  # noqa: E402
+from config_files import merged_config, run_masks  # noqa: E402
 
 from ssdd_core.data import VOCRoot, resize_mask  # noqa: E402
-from ssdd_core.io import id_map, load_mask_png  # noqa: E402
+from ssdd_core.io import load_mask_png  # noqa: E402
 from ssdd_core.metrics import ConfusionMatrix  # noqa: E402
 
 IGNORE = 255
@@ -66,8 +66,7 @@ def main():
     d, dd = cfg["dynamic"], int(cfg["seg"]["dd_stride"])
     size = a.size or int(round(d["crop"] * sum(d["resize_range"]) / 2 / dd) * dd)
     voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
-    splits = sorted((a.results / "splits" / "train").glob("*.txt"))
-    d0 = id_map(splits, [a.results / "masks" / "D0" / p.stem for p in splits], ".png")
+    d0 = run_masks(a.results, "D0")
     ids = sorted(i for i in d0 if voc.mask_path(i).exists())[::a.every]
     cms = {(src, s): ConfusionMatrix() for src in ("D0", "GT") for s in a.strides}
     for iid in ids:

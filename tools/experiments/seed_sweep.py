@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from config_files import merged_config  # noqa: E402
+from config_files import merged_config, run_masks  # noqa: E402
 
 from ssdd_core import psa  # noqa: E402
 from ssdd_core.crf import dense_crf  # noqa: E402
@@ -143,15 +143,14 @@ def crf_sweep(a) -> None:
     from dataclasses import replace
 
     from ssdd_core.crf import CRFParams
-    from ssdd_core.io import id_map, load_mask_png, read_h5, read_h5_ids
+    from ssdd_core.io import load_mask_png, read_h5, read_h5_ids
 
     cfg = merged_config(a.configfile)
     voc = VOCRoot(cfg["data"]["root"], cfg["data"]["gt_dir"])
     base = CRFParams.from_config(cfg["crf"])
     h5s = sorted((a.results / "psa").glob("*.h5"))
     where = {i: h for h in h5s for i in read_h5_ids(h)}
-    splits = sorted((a.results / "splits" / "train").glob("*.txt"))
-    k0 = id_map(splits, [a.results / "masks" / "K0" / p.stem for p in splits], ".png")
+    k0 = run_masks(a.results, "K0")
     ids = [i for i in sorted(where)[a.offset::a.every] if voc.mask_path(i).exists()]
     print(f"{len(ids)} training ids (every {a.every}th from {a.offset}), train GT", flush=True)
     grid = [replace(base, bi_w=w, bi_srgb=c, bi_sxy=x, gauss_compat=g)
