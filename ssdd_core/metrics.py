@@ -105,3 +105,22 @@ def integration_stats(m_k: np.ndarray, m_a: np.ndarray, m_d: np.ndarray, gt: np.
     k_ok, a_ok, d_ok = m_k[diff] == g, m_a[diff] == g, m_d[diff] == g
     return np.array([ok.sum(), diff.sum(), (m_d[diff] == m_a[diff]).sum(), k_ok.sum(), a_ok.sum(), d_ok.sum(),
                      (k_ok | a_ok).sum()], dtype=np.int64)
+
+
+def advice_counts(m_k: np.ndarray, m_a: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Is the advice right where it differs from the knowledge? The paper's precondition for SSDD
+    (§3.2: |S^{A,T}| > |S^{A,F}|), counted against GT.
+
+    Args:
+        m_k, m_a: knowledge and advice masks (..., H, W) of integer class ids (e.g. m^K0 / m^A0,
+            or the dynamic stage's m^K1 / m^A1 over a batch); gt: the same shape, 255 = void.
+    Returns:
+        (3,) int64: pixels with GT where m^K ≠ m^A, of those where m^A is right, where m^K is
+        right (the two need not add up: both can be wrong).
+    Raises:
+        ValueError: shapes differ.
+    """
+    if not (np.shape(m_k) == np.shape(m_a) == np.shape(gt)):
+        raise ValueError(f"advice_counts: shapes {np.shape(m_k)}, {np.shape(m_a)}, {np.shape(gt)} differ")
+    v = (gt != 255) & (m_k != m_a)
+    return np.array([v.sum(), (v & (m_a == gt)).sum(), (v & (m_k == gt)).sum()], dtype=np.int64)

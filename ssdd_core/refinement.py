@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from . import ssdd
 from .crf import CRFParams, dense_crf
+from .metrics import advice_counts
 
 
 def seg_loss(logits: torch.Tensor, mask: torch.Tensor, kind: str = "balanced") -> torch.Tensor:
@@ -191,8 +192,7 @@ class DynamicDiagnostics:
                 pred, tgt = ms[m][b], g[b].copy()
                 tgt[pred == 255] = 255  # a mask's own ignore pixels are not scored
                 self.cms[m].update(np.where(pred == 255, 0, pred), tgt)
-            v = (g[b] != 255) & (ms["K1"][b] != ms["A1"][b])
-            self.diff += [int(v.sum()), int((v & (ms["A1"][b] == g[b])).sum()), int((v & (ms["K1"][b] == g[b])).sum())]
+            self.diff += advice_counts(ms["K1"][b], ms["A1"][b], g[b])
 
     def end_epoch(self, epoch: int) -> dict:
         """Close epoch ``epoch`` (1-based; 0 = the start point, before training): append its row

@@ -113,6 +113,21 @@ def test_integration_stats_counts_choices_against_gt():
     assert integration_stats(mk, ma, md, gt).tolist() == [4, 2, 1, 0, 2, 1, 2]
 
 
+def test_advice_counts_on_a_hand_made_batch():
+    """The paper's precondition count (|S^{A,T}| vs |S^{A,F}|) shared by the dynamic diagnostics
+    and the CRF sweeps: only pixels with GT where the masks differ; both may be wrong there."""
+    from ssdd_core.metrics import advice_counts
+
+    gt = np.array([[[0, 0, 8, 8, 255, 3]], [[12, 12, 12, 0, 0, 0]]])
+    mk = np.array([[[0, 8, 8, 0, 8, 5]], [[12, 0, 12, 0, 12, 0]]])
+    ma = np.array([[[0, 0, 8, 8, 0, 7]], [[12, 12, 0, 0, 0, 0]]])
+    # differing with GT: b0 cols 1, 3, 5 (col 4 is void); b1 cols 1, 2, 4
+    # A right: b0 1, 3; b1 1, 4 -> 4. K right: b1 2 -> 1. b0 col 5: both wrong
+    assert advice_counts(mk, ma, gt).tolist() == [6, 4, 1]
+    with pytest.raises(ValueError, match="shapes"):
+        advice_counts(mk[0], ma, gt)
+
+
 def test_ddnet_bn_modes():
     """seg.dd_bn: ``frozen`` (the authors') keeps the DD-Net's BNs in eval mode in training, so
     a pixel's logit does not depend on the rest of the batch; ``batch`` normalises with the

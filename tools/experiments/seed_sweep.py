@@ -42,7 +42,7 @@ from ssdd_core import psa  # noqa: E402
 from ssdd_core.crf import dense_crf  # noqa: E402
 from ssdd_core.data import VOCRoot  # noqa: E402
 from ssdd_core.io import read_json  # noqa: E402
-from ssdd_core.metrics import ConfusionMatrix  # noqa: E402
+from ssdd_core.metrics import ConfusionMatrix, advice_counts  # noqa: E402
 from ssdd_core.models import factory  # noqa: E402
 
 
@@ -176,8 +176,7 @@ def crf_sweep(a) -> None:
         for i, k, ma in pool.map(_crf_one, jobs(), chunksize=4):
             g = gts[i]
             cms[k].update(ma, g)
-            v = (g != 255) & (ma != mk[i])
-            diff[k] += [int(v.sum()), int((v & (ma == g)).sum()), int((v & (mk[i] == g)).sum())]
+            diff[k] += advice_counts(mk[i], ma, g)
     dt = time.time() - t0
     rows = []
     for k, params in enumerate(grid):
