@@ -10,6 +10,8 @@ anything, and reports against the training GT:
   stage feeds the model worse labels than the static one gave it;
 * for each DD-Net output (d1 on m^K1 / m^A1, d2 on m^D0 / m^D1): mean and std of σ(d) and its
   ROC AUC for the pixels where that mask is wrong (0.5 = blind; std ≈ 0 = collapsed);
+* where m^K1 ≠ m^A1, m^D0 ≠ m^D1 and m^D0 ≠ m^D2: how often each side is right (``advice``; the
+  refinement can beat m^D0 only where m^D1 is right and m^D0 wrong);
 * the same with other integration biases (``--bias b_dd,b_class,b_bg``, repeatable), to see
   whether Eq. 3 is decided by the DD-Nets or by the bias.
 
@@ -34,12 +36,13 @@ from ssdd_core import stages  # noqa: E402
 from ssdd_core.data import VOCRoot  # noqa: E402
 from ssdd_core.datasets import SegDataset  # noqa: E402
 from ssdd_core.io import id_map, read_json  # noqa: E402
-from ssdd_core.metrics import ConfusionMatrix  # noqa: E402
+from ssdd_core.metrics import ConfusionMatrix, advice_counts  # noqa: E402
 from ssdd_core.models import factory  # noqa: E402
 from ssdd_core.refinement import dynamic_masks  # noqa: E402
 from ssdd_core.ssdd import Biases  # noqa: E402
 
 MASKS = ("D0", "K1", "A1", "D1", "sub", "D2")
+PAIRS = (("K1", "A1"), ("D0", "D1"), ("D0", "D2"))  # (knowledge, advice) of Eq. 3, and what m^D2 changed
 DD = (("d1(K1)", "K1"), ("d1(A1)", "A1"), ("d2(D0)", "D0"), ("d2(D1)", "D1"))
 
 
@@ -72,6 +75,7 @@ def main():
     biases = [(d["b_dd"], d["b_class"], d["b_bg"])] + [tuple(float(x) for x in b.split(",")) for b in a.bias]
     cms = {b: {m: ConfusionMatrix() for m in MASKS} for b in biases}
     dd = {k: ([], []) for k, _ in DD}
+    pairs = {b: {p: np.zeros(3, dtype=np.int64) for p in PAIRS} for b in biases}
     with torch.no_grad():
         for batch in torch.utils.data.DataLoader(ds, batch_size=d["batch"]):
             g = batch["GT"]
@@ -82,6 +86,8 @@ def main():
                 r["D0"] = batch["D0"]
                 for name in MASKS:
                     cms[b][name].update(r[name].numpy(), g.numpy())
+                for k, a_ in PAIRS:
+                    pairs[b][(k, a_)] += advice_counts(r[k].numpy(), r[a_].numpy(), g.numpy())
                 if b == biases[0]:
                     for key, name in DD:
                         v = (g != 255) & (r[name] != 255)
@@ -98,6 +104,11 @@ def main():
                           "fg_gt": float(1 - mat[0].sum() / max(1, mat.sum())),
                           "miou": r["miou"], "bg_iou": r["iou"][0]}
         out["masks"][",".join(f"{x:g}" for x in b)] = rows
+        # where the knowledge and the advice of each integration differ: who is right (the
+        # refinement can beat its knowledge only where the advice is right there)
+        out.setdefault("advice", {})[",".join(f"{x:g}" for x in b)] = {
+            f"{a_} vs {k}": {"differ_px": int(c[0]), "advice_right": float(c[1] / max(1, c[0])),
+                             "knowledge_right": float(c[2] / max(1, c[0]))} for (k, a_), c in pairs[b].items()}
     for key, (s, w) in dd.items():
         s, w = np.concatenate(s), np.concatenate(w)
         out["ddnets"][key] = {"sigmoid_mean": float(s.mean()), "sigmoid_std": float(s.std()),
