@@ -163,7 +163,8 @@ class DynamicDiagnostics:
     """Is the dynamic stage refining? Per epoch, on training crops that have GT (issue 18; DESIGN
     §3.6): mIoU against the GT of m^D0 (the labels the stage starts from) and of the masks one
     iteration makes from the model being trained (m^K1 main head, m^A1 its CRF, m^D1, m^D2, what
-    the main head learns from), and where m^K1 ≠ m^A1 how often each is right: the paper's
+    the main head learns from), the share of foreground each predicts against the GT's, and where
+    m^K1 ≠ m^A1 how often each is right: the paper's
     precondition is that the advice m^A1 is right more often than wrong there
     (|S^{A,T}| > |S^{A,F}|). Bookkeeping over the masks the training step computes anyway.
     """
@@ -197,10 +198,18 @@ class DynamicDiagnostics:
     def end_epoch(self, epoch: int) -> dict:
         """Close epoch ``epoch`` (1-based; 0 = the start point, before training): append its row
         to :attr:`history`, reset, return it. ``miou`` per mask over the classes in GT (None
-        without GT pixels); ``k1_ne_a1`` pixels, ``a1_right`` / ``k1_right`` fractions of them."""
+        without GT pixels); ``fg`` per mask the share of its scored pixels it calls foreground
+        and ``fg_gt`` that share in the GT (over m^D0's scored pixels); ``k1_ne_a1`` pixels,
+        ``a1_right`` / ``k1_right`` fractions of them."""
         n = int(self.diff[0])
+
+        def fg(mat: np.ndarray, axis: int) -> float | None:  # 1 − background share of the pixels
+            total = mat.sum()
+            return float(1 - mat.sum(axis)[0] / total) if total else None
+
         row = {"epoch": int(epoch), "crops": int(self.cms["D0"].n_images),
                "miou": {m: self.cms[m].compute()["miou"] for m in self.MASKS},
+               "fg": {m: fg(self.cms[m].mat, 0) for m in self.MASKS}, "fg_gt": fg(self.cms["D0"].mat, 1),
                "k1_ne_a1": n, "a1_right": float(self.diff[1] / n) if n else None,
                "k1_right": float(self.diff[2] / n) if n else None}
         self.history = [r for r in self.history if r["epoch"] != row["epoch"]] + [row]

@@ -104,12 +104,14 @@ def dynamic_epochs(diag_json: str, out_png: str) -> None:
     """The dynamic stage per epoch (``results/diagnostics/dynamic.json``): left, the mIoU against
     the training GT of m^D0 and of m^K1 / m^A1 / m^D1 / m^D2 on the training crops; right, where
     m^K1 ≠ m^A1, the fraction of pixels where the advice m^A1 is right and where m^K1 is (the
-    paper's precondition: the first above the second). Epoch 0 is the start point before any
-    update. An empty panel says the diagnostics were off or no training id had GT."""
+    paper's precondition: the first above the second); third, the share of pixels each mask calls
+    foreground against the GT's (empty for diagnostics written before it was recorded). Epoch 0
+    is the start point before any update. An empty panel says the diagnostics were off or no
+    training id had GT."""
     plt = _plt()
     d = read_json(diag_json)
     rows = d.get("epochs", [])
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3))
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(12, 3))
     ep = [r["epoch"] for r in rows]
     for m, style in (("D0", "k--"), ("K1", "o-"), ("A1", "s-"), ("D1", "^-"), ("D2", "D-")):
         a1.plot(ep, [100 * (r["miou"][m] if r["miou"][m] is not None else np.nan) for r in rows], style,
@@ -121,8 +123,18 @@ def dynamic_epochs(diag_json: str, out_png: str) -> None:
         a2.plot(ep, [100 * (r[key] if r[key] is not None else np.nan) for r in rows], "o-", label=label)
     a2.set_xlabel("epoch")
     a2.set_ylabel("% of pixels where m^K1 ≠ m^A1")
-    for ax in (a1, a2):
-        if rows:
+    fg_rows = [r for r in rows if r.get("fg")]
+    fg_ep = [r["epoch"] for r in fg_rows]
+    if fg_rows:
+        a3.plot(fg_ep, [100 * (r["fg_gt"] if r["fg_gt"] is not None else np.nan) for r in fg_rows], "k:", label="GT")
+    for m, style in (("D0", "k--"), ("K1", "o-"), ("D2", "D-")):
+        if fg_rows:
+            a3.plot(fg_ep, [100 * (r["fg"][m] if r["fg"][m] is not None else np.nan) for r in fg_rows], style,
+                    label=f"m^{m}")
+    a3.set_xlabel("epoch")
+    a3.set_ylabel("% of pixels called foreground")
+    for ax in (a1, a2, a3):
+        if ax.lines:
             ax.legend(fontsize=7)
     _save(fig, out_png)
 

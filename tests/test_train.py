@@ -348,6 +348,9 @@ def test_dynamic_diagnostics_on_hand_made_masks():
     assert row["miou"]["D0"] == 1.0 and row["miou"]["A1"] == 1.0 and row["miou"]["D1"] == 1.0
     assert row["miou"]["K1"] == pytest.approx((0.5 + 0.0) / 2) and row["miou"]["D2"] == row["miou"]["K1"]
     assert row["k1_ne_a1"] == 8 and row["a1_right"] == 1.0 and row["k1_right"] == 0.0
+    # foreground shares: GT half foreground (over m^D0's 15 scored pixels: 7 bg, 8 fg); K1 all bg
+    assert row["fg_gt"] == pytest.approx(8 / 15) and row["fg"]["D0"] == pytest.approx(8 / 15)
+    assert row["fg"]["K1"] == 0.0 and row["fg"]["A1"] == 0.5
     diag.update({m: zeros for m in DynamicDiagnostics.MASKS}, gt)
     assert diag.end_epoch(2)["k1_ne_a1"] == 0 and [r["epoch"] for r in diag.history] == [1, 2]
     assert diag.end_epoch(2)["crops"] == 0 and len(diag.history) == 2  # epoch 2 replaced, not added

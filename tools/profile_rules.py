@@ -181,6 +181,13 @@ def main():
         print(f"\nDense matmul (2048², float32) at {th} thread(s): {r:.1f} GFLOP/s.")
     print(f"\nTotal rule time (shards summed): {sum(secs.values()) / 60:.1f} min; {n_train} training ids, "
           f"{n_eval} eval ids.")
+    # Each training rule takes every core it is given and so runs alone: their sum is a floor
+    # under the run's wall time at these settings, however fast the parallel rules get.
+    train_s = sum(s for r, s in secs.items() if r.split("-r")[0].split("/")[0] in TRAIN)
+    threads = max((st.get("threads") or 1 for st in stats.values()), default=1)
+    print(f"Training rules, one after another on all {threads} cores: {train_s / 60:.1f} min (a floor under "
+          f"the wall time of these jobs); the other rules: {(sum(secs.values()) - train_s) / 60:.1f} min "
+          f"summed, at best {(sum(secs.values()) - train_s) / 60 / threads:.1f} min of wall time on {threads} cores.")
 
 
 if __name__ == "__main__":
