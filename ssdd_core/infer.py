@@ -127,6 +127,25 @@ def crf_argmax(img: np.ndarray, p: np.ndarray, crf: CRFParams, min_prob: float =
     return keep[q.argmax(0)].astype(np.uint8)
 
 
+def inference_crf_params(cfg: dict) -> CRFParams | None:
+    """The test-time CRF's kernel settings (DESIGN §3.7: the CRF of §3.3): the ``crf`` block with
+    ``infer.crf_params`` merged over it (null or absent = the ``crf`` block unchanged, as the
+    paper); None when ``infer.crf`` is false.
+
+    Args:
+        cfg: a validated config (blocks ``crf`` and ``infer``).
+    Raises:
+        KeyError: a key in ``infer.crf_params`` that the ``crf`` block does not have.
+    """
+    if not cfg["infer"]["crf"]:
+        return None
+    over = cfg["infer"].get("crf_params") or {}
+    unknown = set(over) - set(cfg["crf"])
+    if unknown:
+        raise KeyError(f"infer.crf_params: unknown CRF keys {sorted(unknown)} (the crf block has {sorted(cfg['crf'])})")
+    return CRFParams.from_config({**cfg["crf"], **over})
+
+
 @dataclass(frozen=True)
 class InferSettings:
     """Test-time settings (config block ``infer``, DESIGN §3.7): long side ``base_size`` (px;

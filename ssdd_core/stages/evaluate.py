@@ -12,7 +12,6 @@ import numpy as np
 
 from .. import infer as infer_mod
 from .. import psa as psa_mod
-from ..crf import CRFParams
 from ..data import VOCRoot
 from ..io import (
     ArtifactError,
@@ -50,7 +49,7 @@ def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str
     ic = infer_mod.InferSettings.from_config(cfg["infer"])
     model = factory.load(cfg, model_name, model_pt, ic.output_stride, ctx.device)
     voc = VOCRoot(cfg["eval"]["root"], cfg["eval"]["gt_dir"])
-    params = CRFParams.from_config(cfg["crf"]) if ic.crf else None
+    params = infer_mod.inference_crf_params(cfg)
     ids = read_shard_ids(ids_file)
     t0 = time.time()
     # With 2+ threads, the CRF of image i runs in a worker process while the network sees
