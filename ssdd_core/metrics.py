@@ -57,6 +57,14 @@ class ConfusionMatrix:
         self.n_images += 1
         return one
 
+    def foreground_share(self) -> tuple[float | None, float | None]:
+        """(predicted, GT): the share of the scored pixels that the predictions / the GT call
+        foreground (any class but background 0); (None, None) before any pixel is scored."""
+        total = self.mat.sum()
+        if not total:
+            return None, None
+        return float(1 - self.mat[:, 0].sum() / total), float(1 - self.mat[0].sum() / total)
+
     def compute(self) -> dict:
         """Scores from the accumulated matrix.
 

@@ -203,13 +203,10 @@ class DynamicDiagnostics:
         ``a1_right`` / ``k1_right`` fractions of them."""
         n = int(self.diff[0])
 
-        def fg(mat: np.ndarray, axis: int) -> float | None:  # 1 − background share of the pixels
-            total = mat.sum()
-            return float(1 - mat.sum(axis)[0] / total) if total else None
-
         row = {"epoch": int(epoch), "crops": int(self.cms["D0"].n_images),
                "miou": {m: self.cms[m].compute()["miou"] for m in self.MASKS},
-               "fg": {m: fg(self.cms[m].mat, 0) for m in self.MASKS}, "fg_gt": fg(self.cms["D0"].mat, 1),
+               "fg": {m: self.cms[m].foreground_share()[0] for m in self.MASKS},
+               "fg_gt": self.cms["D0"].foreground_share()[1],
                "k1_ne_a1": n, "a1_right": float(self.diff[1] / n) if n else None,
                "k1_right": float(self.diff[2] / n) if n else None}
         self.history = [r for r in self.history if r["epoch"] != row["epoch"]] + [row]

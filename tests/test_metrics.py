@@ -74,3 +74,14 @@ def test_shape_and_range_errors():
         m.update(np.zeros((2, 2)), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="GT label"):
         m.update(np.zeros((2, 2)), np.full((2, 2), 30))
+
+
+def test_foreground_share_of_predictions_and_gt():
+    """Shares of the scored pixels (GT 255 left out) called foreground by the predictions and by
+    the GT; (None, None) before any pixel."""
+    cm = ConfusionMatrix()
+    assert cm.foreground_share() == (None, None)
+    gt = np.array([[0, 0, 0, 5, 5, 255]])
+    pred = np.array([[0, 7, 7, 5, 0, 9]])
+    cm.update(pred, gt)  # scored: 5 pixels; predicted fg 3, GT fg 2
+    assert cm.foreground_share() == (pytest.approx(3 / 5), pytest.approx(2 / 5))

@@ -35,6 +35,12 @@ TRAIN = {"train_cls": ("cls", "cls"), "train_aff": ("aff", "aff"), "train_static
 PER_TRAIN_ID = ("cam", "aff_labels", "psa", "crf", "integrate", "import_seeds")
 
 
+def rule_base(job: str) -> str:
+    """The rule of a benchmark job name: without its run suffix and wildcard (``train_seg/K0-r1`` →
+    ``train_seg``)."""
+    return job.split("-r")[0].split("/")[0]
+
+
 def bench_seconds(run: Path) -> dict[str, float]:
     """Job name → summed seconds: the benchmark path without its shard (``cam``, ``infer/dynamic``)
     or without its suffix (``train_cls``, ``train_seg/K0``)."""
@@ -161,7 +167,7 @@ def main():
           "of matmul rate | threads |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for rule, s in sorted(secs.items(), key=lambda kv: -kv[1]):
-        base = rule.split("-r")[0].split("/")[0]
+        base = rule_base(rule)
         st = stats.get(rule + ".log")
         if base in TRAIN and st and st.get("steps"):
             imgs = st["steps"] * st["batch"]
@@ -183,7 +189,7 @@ def main():
           f"{n_eval} eval ids.")
     # Each training rule takes every core it is given and so runs alone: their sum is a floor
     # under the run's wall time at these settings, however fast the parallel rules get.
-    train_s = sum(s for r, s in secs.items() if r.split("-r")[0].split("/")[0] in TRAIN)
+    train_s = sum(s for r, s in secs.items() if rule_base(r) in TRAIN)
     threads = max((st.get("threads") or 1 for st in stats.values()), default=1)
     print(f"Training rules, one after another on all {threads} cores: {train_s / 60:.1f} min (a floor under "
           f"the wall time of these jobs); the other rules: {(sum(secs.values()) - train_s) / 60:.1f} min "

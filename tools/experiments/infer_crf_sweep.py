@@ -78,10 +78,10 @@ def main():
             cms[k].update(infer_mod.crf_argmax(img, p, params, ic.crf_min_prob, ic.crf_scale), gt)
         if (n + 1) % 20 == 0:
             print(f"{n + 1}/{len(ids)} images, {time.time() - t0:.0f} s", flush=True)
-    rows = [{"crf": None, "miou": cm_none.compute()["miou"], "fg": _fg(cm_none)}]
+    rows = [{"crf": None, "miou": cm_none.compute()["miou"], "fg": cm_none.foreground_share()[0]}]
     rows += [{"crf": {"bi_w": g.bi_w, "bi_srgb": g.bi_srgb, "bi_sxy": g.bi_sxy}, "miou": cm.compute()["miou"],
-              "fg": _fg(cm)} for g, cm in zip(grid, cms)]
-    fg_gt = float(1 - cm_none.mat[0].sum() / cm_none.mat.sum())
+              "fg": cm.foreground_share()[0]} for g, cm in zip(grid, cms)]
+    fg_gt = cm_none.foreground_share()[1]
     out = a.results / "experiments" / f"infer_crf_sweep_{a.model.stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": str(a.model), "ids": len(ids), "every": a.every, "offset": a.offset,
@@ -94,11 +94,6 @@ def main():
     for r in sorted(rows, key=lambda r: -r["miou"]):
         name = "none" if r["crf"] is None else ", ".join(f"{k} {v:g}" for k, v in r["crf"].items())
         print(f"| {name} | {100 * r['miou']:.1f} | {100 * r['fg']:.1f}% |")
-
-
-def _fg(cm: ConfusionMatrix) -> float:
-    """The share of scored pixels predicted as foreground."""
-    return float(1 - cm.mat[:, 0].sum() / cm.mat.sum())
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ that for the one ``crf`` the run used; this tool measures it for many, on the sa
 stage's start point (``results/models/static.pt`` with ``dynamic.init: static``, as the workflow
 builds it). The crops are those of the dynamic stage (its crop, resize range, augmentation of
 ``--epoch``) of every ``--every``-th training id with GT (from ``--offset``). The main head's logits
-are computed once per batch in training mode (dropout on, as in the step; fixed seed) and every
+are computed once per batch as the step computes them (training mode; batch norm is frozen, so
+the seg heads give what they give in eval mode) and every
 setting's CRF runs on the same softmax at the DD resolution over the present labels, exactly
 :class:`~ssdd_core.refinement.InLoopCRF`. Reports per setting the mIoU of m^K1 and m^A1 against GT,
 the share of pixels where they differ, and there how often each is right; writes
