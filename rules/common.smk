@@ -52,6 +52,14 @@ if not PSA_SEEDS and not config["seeds"]["dir"]:
     raise ValueError("config: seeds.source is 'precomputed' but seeds.dir is not set (the folder of the seeds)")
 
 
+# the ablation's rows (issue 29: fewer rows, fewer trainings per repeat); K0 is the reference
+ABLATION_ROWS = [r for r in ("K0", "A0", "D0", "DYN0", "SSDD") if r in config["ablation_rows"]]
+if not {"K0", "SSDD"} <= set(ABLATION_ROWS):
+    raise ValueError(f"config: ablation_rows {config['ablation_rows']} must include K0 (the reference) and SSDD")
+# a row's score file stem: results/miou<tag><rep>.json, results/confusion/miou<tag><rep>.h5
+ROW_TAGS = {"K0": "_seg_K0", "A0": "_seg_A0", "D0": "_seg_D0", "DYN0": "_dyn0", "SSDD": ""}
+
+
 if config["repeats_from"] == "seeds" and not PSA_SEEDS:
     raise ValueError("config: repeats_from 'seeds' reruns the PSA seed chain, but seeds.source is 'precomputed' "
                      "(imported seeds are fixed); use repeats_from 'static' or 'seg'")

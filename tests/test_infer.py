@@ -81,6 +81,21 @@ def test_infer_uses_its_own_crf_params_over_the_crf_block(tmp_path, monkeypatch)
     assert infer.inference_crf_params({**cfg, "infer": {**cfg["infer"], "crf": False}}) is None
 
 
+def test_multiscale_probs_is_the_mean_over_its_scales():
+    """infer_crf_sweep.py --scale-sets runs each scale once and averages the per-scale results:
+    that must be what multiscale_probs computes over the set (equal weight per scale and flip)."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    torch.manual_seed(0)
+    model = factory.build(cfg, "seg", cfg["infer"]["output_stride"]).eval()
+    torch.nn.init.normal_(model.heads["base"].conv2.weight, std=0.5)
+    img = VOCRoot(SAMPLE, "SegmentationClass").load_image(VOCRoot(SAMPLE, "SegmentationClass").read_ids("val")[0])
+    scales = (0.75, 1.0, 1.25)
+    whole = infer.multiscale_probs(model, img, "base", 96, scales, flip=True)
+    parts = np.mean([infer.multiscale_probs(model, img, "base", 96, (s,), flip=True) for s in scales], axis=0)
+    np.testing.assert_allclose(parts, whole, atol=1e-6)
+    assert whole.max(0).min() < 0.9  # scales disagree somewhere: the averaging is exercised
+
+
 def test_crf_labels_threshold():
     p = np.zeros((21, 2, 2), np.float32)
     p[0] = 0.9

@@ -294,6 +294,24 @@ def test_repeats_add_seeded_runs_of_the_seg_stages_only(tiny_run):
         assert out in p.stdout, out
 
 
+def test_ablation_rows_choose_the_trained_rows(wf):
+    """Issue 29: `ablation_rows` without A0 drops the m^A0 row's training, inference and score
+    from a 2-run ablation (3 rows × 2 runs of inference less one row); K0 and SSDD are required."""
+    p = snakemake(wf, "-n", "-p", "--forceall", "results/ablation.md", "--configfile", "config/tiny.yaml",
+                  "--config", "repeats=2", "ablation_rows=[K0,D0,DYN0,SSDD]")
+    jobs = _dry_run_jobs(p)
+    assert jobs.get("infer") == 4 * 2 * 2, jobs  # rows × runs × 2 val shards
+    assert jobs.get("train_seg") == 2 * 2 and jobs.get("train_dynamic") == 2 * 2, jobs
+    assert "seg_A0" not in p.stdout and "results/miou_dyn0-r1.json" in p.stdout
+    full = _dry_run_jobs(snakemake(wf, "-n", "--forceall", "results/ablation.md", "--configfile", "config/tiny.yaml",
+                                   "--config", "repeats=2"))
+    assert full["infer"] == 5 * 2 * 2 and full["train_seg"] == 3 * 2, full
+    assert full["score"] - jobs["score"] == 2, (full, jobs)
+    bad = snakemake(wf, "-n", "results/ablation.md", "--configfile", "config/tiny.yaml", "--config",
+                    "ablation_rows=[A0,D0,SSDD]", check=False)
+    assert bad.returncode != 0 and "must include K0 (the reference) and SSDD" in bad.stdout + bad.stderr
+
+
 def _repeat_dag(wf, *over):
     """Job counts and first output → input line of the dry-run DAG of a 2-run ablation."""
     p = snakemake(wf, "-n", "--forceall", "results/ablation.md", "--configfile", "config/tiny.yaml", "--config",

@@ -5,7 +5,8 @@ from ssdd_core.runlog import logged
 
 with logged(snakemake.log[0]):
     i = snakemake.input
-    rows = {"K0": list(i.K0), "A0": list(i.A0), "D0": list(i.D0), "DYN0": list(i.DYN0), "SSDD": list(i.SSDD)}
+    chosen = snakemake.config["ablation_rows"]
+    rows = {r: list(getattr(i, r)) for r in ("K0", "A0", "D0", "DYN0", "SSDD") if r in chosen}
     report.ablation_table(rows,
                           snakemake.output.md, snakemake.output.json, {"provenance": provenance(snakemake.config)},
                           confusions={k: [report.confusion_path(p) for p in v] for k, v in rows.items()},

@@ -163,6 +163,46 @@ def main():
     print("| **mIoU** | | " + " | ".join(f"**{100 * rows[n]['miou']:.1f}**" for n in names) + " |")
     print("| classes at 0 IoU | | " + " | ".join(
         str(int(np.sum([v == 0 for v in rows[n]["iou"] if v is not None]))) for n in names) + " |")
+    if a.model == "dynamic":
+        n_ids = sum(len(read_shard_ids(f)) for f in train_files)
+        print()
+        print(dynamic_summary(a.out, [n for n in names if n in {s.partition(":")[0] for s in a.variant}],
+                              rows, a.configfile, n_ids))
+
+
+def dynamic_summary(out: Path, variants: list[str], rows: dict, configfile: list[str], n_ids: int) -> str:
+    """The equal-wall-time view of dynamic variants (issues 29, 30): per variant its training
+    steps, seconds and s/step, the seconds of its held-out static stage when this run trained
+    it (a cached one costs nothing), the held-out mIoU, and the last epoch's masks on training crops
+    (``OUT/<variant>/diagnostics.json``): m^D0, m^K1, m^D2, m^D2 − m^D0 (mIoU) and the
+    foreground share of m^K1 against the GT's. A Markdown table; ``–`` where a part is missing
+    (a resumed variant has no training seconds)."""
+    head = ("| variant | epochs | steps | train s | s/step | static s | held-out mIoU | m^D0 | m^K1 | m^D2 | "
+            "m^D2 − m^D0 | m^K1 fg / GT fg |")
+    lines = [head, "|---|" + "---:|" * 11]
+    fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
+    f1 = lambda v: fmt(None if v is None else 100 * v, ".1f")  # noqa: E731
+    for name in variants:
+        cfg = merged_config(configfile)
+        for kv in filter(None, rows[name].get("settings", "").split(",")):
+            key, _, value = kv.partition("=")
+            block, _, k = key.partition(".")
+            cfg[block][k] = json.loads(value)
+        d = cfg["dynamic"]
+        steps = max(1, n_ids // d["batch"]) * d["epochs"]
+        secs = rows[name].get("seconds", {}).get("train_s")
+        static_s = rows[name].get("seconds", {}).get("static_train_s")
+        diag = out / name / "diagnostics.json"
+        last = read_json(diag)["epochs"][-1] if diag.exists() and read_json(diag)["epochs"] else None
+        mi = (last or {}).get("miou", {})
+        gap = None if mi.get("D2") is None or mi.get("D0") is None else mi["D2"] - mi["D0"]
+        fg = "–" if last is None else f"{100 * last['fg']['K1']:.0f}% / {100 * last['fg_gt']:.0f}%"
+        per = None if secs is None else secs / steps
+        lines.append(f"| {name} | {d['epochs']} | {steps} | {fmt(secs, '.0f')} | {fmt(per, '.2f')} | "
+                     f"{fmt(static_s, '.0f')} | {f1(rows[name]['miou'])} | "
+                     f"{f1(mi.get('D0'))} | {f1(mi.get('K1'))} | {f1(mi.get('D2'))} | "
+                     f"{fmt(None if gap is None else 100 * gap, '+.1f')} | {fg} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
