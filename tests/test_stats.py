@@ -62,3 +62,38 @@ def test_paired_bootstrap_on_hand_made_tables():
     assert np.percentile(loop, [2.5, 97.5]) == pytest.approx(got["ci95"])
     with pytest.raises(ValueError):
         stats.paired_bootstrap(a, b2[:, :10])
+
+
+def test_seg_settings_tables_on_hand_made_variants(tmp_path):
+    """tools/experiments/seg_settings.py: each variant's held-out difference from the first
+    (image-level bootstrap over its confusion.h5) and the dynamic equal-wall-time summary (steps
+    from the variant's epochs, s/step, the last epoch's m^D2 − m^D0)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    import h5py
+
+    repo = Path(__file__).resolve().parents[1]
+    sys.path[:0] = [str(repo / "tools"), str(repo / "tools" / "experiments")]
+    import seg_settings
+
+    ids = [b"a", b"b", b"c", b"d"]
+    good = np.array([[30, 0], [0, 10]])  # 2 classes: all right
+    bad = np.array([[20, 10], [5, 5]])
+    for name, per in {"ref": [bad, bad, good, good], "better": [good, good, good, good]}.items():
+        (tmp_path / name).mkdir()
+        with h5py.File(tmp_path / name / "confusion.h5", "w") as f:
+            f.create_dataset("ids", data=np.array(ids, dtype="S"))
+            f.create_dataset("confusion", data=np.stack(per).astype(np.int32))
+    want = stats.miou_from_confusion(np.stack([good] * 4).sum(0)) - stats.miou_from_confusion(
+        np.stack([bad, bad, good, good]).sum(0))
+    table = seg_settings.paired_differences(tmp_path, ["ref", "better"], n_boot=200)
+    assert f"| better | {100 * want:+.1f} |" in table, table
+    (tmp_path / "better" / "diagnostics.json").write_text(json.dumps({"epochs": [
+        {"epoch": 6, "miou": {"D0": 0.44, "K1": 0.38, "D2": 0.41}, "fg": {"K1": 0.67}, "fg_gt": 0.41}]}))
+    rows = {"better": {"miou": 0.403, "settings": "dynamic.epochs=6", "seconds": {"train_s": 1020.0}}}
+    summary = seg_settings.dynamic_summary(tmp_path, ["better"], rows,
+                                           [str(repo / "config" / "voc2012_balanced.yaml")], 1089)
+    # 1,089 ids // batch 8 = 136 steps per epoch, 6 epochs; 1020 s / 816 steps = 1.25 s
+    assert "| better | 6 | 816 | 1020 | 1.25 | – | 40.3 | 44.0 | 38.0 | 41.0 | -3.0 | 67% / 41% |" in summary, summary

@@ -25,9 +25,11 @@ A dynamic variant also writes its per-epoch diagnostics on training crops
 (``OUT/<variant>/diagnostics.json``, as ``results/diagnostics/dynamic.json`` of the workflow).
 
 Needs a finished run's ``results/`` (labels, splits, masks/K0 or D0, models/cls.pt). Writes
-``OUT/<variant>/`` (model, predictions, score JSON), ``OUT/results.json`` and prints a per-class
-table; a step whose output exists is skipped, so an interrupted sweep resumes. A variant with
-``init: static`` first trains the static stage on the same 3 of 4 ids, cached for every OUT in
+``OUT/<variant>/`` (model, predictions, score JSON, per-image confusion), ``OUT/results.json`` and
+prints a per-class table, each variant's held-out difference from the first with its image-level
+paired bootstrap CI (one run per variant: training noise is not in it); a step whose output
+exists is skipped, so an interrupted sweep resumes. A variant with ``init: static`` first trains
+the static stage on the same 3 of 4 ids, cached for every OUT in
 ``RESULTS/experiments/static_held_out/`` (keyed by its config, ``--every`` and the input files).
 Costs per seg variant on voc2012_mini about 12 min of training (4 epochs on 777 ids) and 5 min of inference (260
 ids) on a 2-core machine at ~1 s per classifier step; a dynamic variant about 2.5x the training.
@@ -50,6 +52,8 @@ from config_files import merged_config  # noqa: E402
 from ssdd_core import stages  # noqa: E402
 from ssdd_core.data import CLASS_NAMES  # noqa: E402
 from ssdd_core.io import files_key, read_json, read_shard_ids  # noqa: E402
+from ssdd_core.report import read_confusion  # noqa: E402
+from ssdd_core.stats import paired_bootstrap  # noqa: E402
 from ssdd_core.train import config_hash  # noqa: E402
 
 
@@ -142,8 +146,11 @@ def main():
             t0 = time.time()
             stages.infer(cfg, a.model, str(model), held, str(d / "pred"), a.threads)
             t["infer_s"] = time.time() - t0
+        if (d / "miou.json").exists():  # a resumed variant keeps the seconds its first run measured
+            t = {**read_json(d / "miou.json").get("seconds", {}), **t}
         rows[name] = stages.score(eval_cfg, [held], [str(d / "pred")], str(d / "miou.json"),
-                                  {"seconds": t, "settings": sets, "model": a.model})
+                                  {"seconds": t, "settings": sets, "model": a.model},
+                                  out_confusion=str(d / "confusion.h5"))
         (a.out / "results.json").write_text(json.dumps(rows, indent=2))
     n_train = {c: 0 for c in range(1, 21)}
     labels = read_json(a.results / "labels" / "train.json")["labels"]
@@ -163,11 +170,31 @@ def main():
     print("| **mIoU** | | " + " | ".join(f"**{100 * rows[n]['miou']:.1f}**" for n in names) + " |")
     print("| classes at 0 IoU | | " + " | ".join(
         str(int(np.sum([v == 0 for v in rows[n]["iou"] if v is not None]))) for n in names) + " |")
+    variants = [n for n in names if n in {v.partition(":")[0] for v in a.variant}]
+    if len(variants) > 1:
+        print()
+        print(paired_differences(a.out, variants))
     if a.model == "dynamic":
         n_ids = sum(len(read_shard_ids(f)) for f in train_files)
         print()
-        print(dynamic_summary(a.out, [n for n in names if n in {s.partition(":")[0] for s in a.variant}],
-                              rows, a.configfile, n_ids))
+        print(dynamic_summary(a.out, variants, rows, a.configfile, n_ids))
+
+
+def paired_differences(out: Path, variants: list[str], n_boot: int = 10000) -> str:
+    """Each variant against the first (one run each, so no t-test): the held-out mIoU difference
+    and its image-level paired bootstrap 95% CI (:func:`ssdd_core.stats.paired_bootstrap` over
+    ``OUT/<variant>/confusion.h5``). A Markdown table."""
+    ref = variants[0]
+    ids_ref, c_ref = read_confusion(str(out / ref / "confusion.h5"))
+    lines = [f"| variant − {ref} | held-out mIoU difference | 95% CI (images) | |", "|---|---:|---|---|"]
+    for name in variants[1:]:
+        ids, c = read_confusion(str(out / name / "confusion.h5"))
+        if ids != ids_ref:
+            raise ValueError(f"{out / name / 'confusion.h5'}: scored on other ids than {ref}")
+        b = paired_bootstrap(c_ref[None], c[None], n_boot=n_boot)
+        lines.append(f"| {name} | {100 * b['diff']:+.1f} | [{100 * b['ci95'][0]:+.1f}, {100 * b['ci95'][1]:+.1f}] | "
+                     f"{'significant at 5%' if b['significant'] else 'not shown'} |")
+    return "\n".join(lines)
 
 
 def dynamic_summary(out: Path, variants: list[str], rows: dict, configfile: list[str], n_ids: int) -> str:
