@@ -296,7 +296,8 @@ def test_repeats_add_seeded_runs_of_the_seg_stages_only(tiny_run):
 
 def test_ablation_rows_choose_the_trained_rows(wf):
     """Issue 29: `ablation_rows` without A0 drops the m^A0 row's training, inference and score
-    from a 2-run ablation (3 rows × 2 runs of inference less one row); K0 and SSDD are required."""
+    from a 2-run ablation (4 of the 5 rows, each trained, inferred and scored per run); K0 and SSDD
+    are required."""
     p = snakemake(wf, "-n", "-p", "--forceall", "results/ablation.md", "--configfile", "config/tiny.yaml",
                   "--config", "repeats=2", "ablation_rows=[K0,D0,DYN0,SSDD]")
     jobs = _dry_run_jobs(p)
