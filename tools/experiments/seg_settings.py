@@ -57,6 +57,17 @@ from ssdd_core.stats import paired_bootstrap  # noqa: E402
 from ssdd_core.train import config_hash  # noqa: E402
 
 
+def variant_config(configfile: list[str], sets: str) -> dict:
+    """The config of a variant: ``configfile`` merged over config.yaml, then each ``block.key=value``
+    of the comma-separated ``sets`` (JSON values)."""
+    cfg = merged_config(configfile)
+    for kv in filter(None, sets.split(",")):
+        key, _, value = kv.partition("=")
+        block, _, k = key.partition(".")
+        cfg[block][k] = json.loads(value)
+    return cfg
+
+
 def held_out_split(results: Path, out: Path, every: int) -> tuple[list[str], str]:
     """Per-shard id files of the training part (aligned with results/masks/K0/<shard>) and one id
     file of the held-out part (every ``every``-th labelled id, in sorted order)."""
@@ -109,11 +120,7 @@ def main():
     rows[f"m^{mask} (labels)"] = stages.score(eval_cfg, ref_files, labels_all, str(a.out / f"{mask}_held_out.json"))
     for spec in a.variant:
         name, _, sets = spec.partition(":")
-        cfg = merged_config(a.configfile)
-        for kv in filter(None, sets.split(",")):
-            key, _, value = kv.partition("=")
-            block, _, k = key.partition(".")
-            cfg[block][k] = json.loads(value)
+        cfg = variant_config(a.configfile, sets)
         cfg["eval"] = eval_cfg
         d = a.out / name
         d.mkdir(parents=True, exist_ok=True)
@@ -203,24 +210,20 @@ def dynamic_summary(out: Path, variants: list[str], rows: dict, configfile: list
     it (a cached one costs nothing), the held-out mIoU, and the last epoch's masks on training crops
     (``OUT/<variant>/diagnostics.json``): m^D0, m^K1, m^D2, m^D2 − m^D0 (mIoU) and the
     foreground share of m^K1 against the GT's. A Markdown table; ``–`` where a part is missing
-    (a resumed variant has no training seconds)."""
+    (a variant whose training ran before seconds were recorded, a cached static stage)."""
     head = ("| variant | epochs | steps | train s | s/step | static s | held-out mIoU | m^D0 | m^K1 | m^D2 | "
             "m^D2 − m^D0 | m^K1 fg / GT fg |")
     lines = [head, "|---|" + "---:|" * 11]
     fmt = lambda v, spec: "–" if v is None else format(v, spec)  # noqa: E731
     f1 = lambda v: fmt(None if v is None else 100 * v, ".1f")  # noqa: E731
     for name in variants:
-        cfg = merged_config(configfile)
-        for kv in filter(None, rows[name].get("settings", "").split(",")):
-            key, _, value = kv.partition("=")
-            block, _, k = key.partition(".")
-            cfg[block][k] = json.loads(value)
-        d = cfg["dynamic"]
+        d = variant_config(configfile, rows[name].get("settings", ""))["dynamic"]
         steps = max(1, n_ids // d["batch"]) * d["epochs"]
         secs = rows[name].get("seconds", {}).get("train_s")
         static_s = rows[name].get("seconds", {}).get("static_train_s")
         diag = out / name / "diagnostics.json"
-        last = read_json(diag)["epochs"][-1] if diag.exists() and read_json(diag)["epochs"] else None
+        epochs = read_json(diag)["epochs"] if diag.exists() else []
+        last = epochs[-1] if epochs else None
         mi = (last or {}).get("miou", {})
         gap = None if mi.get("D2") is None or mi.get("D0") is None else mi["D2"] - mi["D0"]
         fg = "–" if last is None else f"{100 * last['fg']['K1']:.0f}% / {100 * last['fg_gt']:.0f}%"
