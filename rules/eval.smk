@@ -84,6 +84,9 @@ rule ablation:
         **{row: expand(f"results/miou{ROW_TAGS[row]}{{rep}}.json", rep=REPS) for row in ABLATION_ROWS},
         confusion=expand("results/confusion/miou{tag}{rep}.h5", tag=[ROW_TAGS[r] for r in ABLATION_ROWS],
                          rep=REPS),
+        # the dynamic stage's per-epoch diagnostics of each run (m^D2 against m^D0, issue 30)
+        **{f"diag_{row}": expand(f"results/diagnostics/{dyn}{{rep}}.json", rep=REPS)
+           for row, dyn in (("DYN0", "dyn0"), ("SSDD", "dynamic")) if row in ABLATION_ROWS},
     output:
         md="results/ablation.md",
         json="results/ablation.json",

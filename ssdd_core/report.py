@@ -337,9 +337,62 @@ def compare_rows(miou: Mapping[str, Sequence[float]], confusions: Mapping[str, S
     return out
 
 
+def dynamic_runs(diagnostics: Mapping[str, Sequence[str]], target: float = 0.01) -> tuple[list[str], dict]:
+    """Did the dynamic stage refine its labels, run by run? (issue 30's m^D2 target; DESIGN §3.6)
+
+    Args:
+        diagnostics: row (``SSDD``, ``DYN0``) → its runs' per-epoch diagnostics JSONs
+            (:class:`ssdd_core.refinement.DynamicDiagnostics`, ``results/diagnostics/<dyn><rep>.json``).
+        target: the margin m^D2 must beat m^D0 by at the last epoch (mIoU as a fraction; 0.01 = 1 point).
+    Returns:
+        (markdown lines, JSON object): per row and run the last epoch's mIoU on training crops of
+        m^D0, m^K1, m^D2, m^D2 − m^D0, where m^K1 ≠ m^A1 how often the advice m^A1 / the
+        knowledge m^K1 is right, and m^D2 − m^D0 at every epoch (the curve; epoch 0 = the start
+        point); per row how many runs meet ``m^D2 ≥ m^D0 + target``. In DYN0 m^D2 is computed for
+        the diagnostics only; its seg losses see m^D0.
+    Raises:
+        ArtifactError: a diagnostics file that is missing or has no epochs (naming it).
+    """
+    from .io import ArtifactError
+
+    def f1(v):
+        return "–" if v is None else f"{100 * v:.1f}"
+
+    lines = [f"Dynamic stage on its training crops with GT, last epoch, per run (target m^D2 ≥ m^D0 + "
+             f"{100 * target:g}); m^D2 − m^D0 per epoch from epoch 0 (the start point):", "",
+             "| row | run | m^D0 | m^K1 | m^D2 | m^D2 − m^D0 | advice right / knowledge right (where m^K1 ≠ m^A1) "
+             "| m^D2 − m^D0 per epoch |", "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    out = {}
+    for row, paths in diagnostics.items():
+        runs = []
+        for r, path in enumerate(paths):
+            try:
+                epochs = read_json(path)["epochs"]
+                last = epochs[-1]
+            except (OSError, ValueError, KeyError, IndexError) as e:
+                raise ArtifactError(f"{path}: not a dynamic-stage diagnostics file with epochs ({e})") from e
+            mi = last["miou"]
+            gap = None if mi.get("D2") is None or mi.get("D0") is None else mi["D2"] - mi["D0"]
+            curve = [None if e["miou"].get("D2") is None or e["miou"].get("D0") is None
+                     else e["miou"]["D2"] - e["miou"]["D0"] for e in epochs]
+            runs.append({"run": r, "file": str(path), "epoch": last["epoch"], "D0": mi.get("D0"), "K1": mi.get("K1"),
+                         "D2": mi.get("D2"), "d2_minus_d0": gap, "a1_right": last.get("a1_right"),
+                         "k1_right": last.get("k1_right"), "d2_minus_d0_per_epoch": curve,
+                         "meets_target": None if gap is None else bool(gap >= target - 1e-12)})
+            ak = ("–" if last.get("a1_right") is None
+                  else f"{100 * last['a1_right']:.0f}% / {100 * last['k1_right']:.0f}%")
+            lines.append(f"| {row} | {r} | {f1(mi.get('D0'))} | {f1(mi.get('K1'))} | {f1(mi.get('D2'))} | "
+                         f"{'–' if gap is None else f'{100 * gap:+.1f}'} | {ak} | "
+                         + " ".join("–" if v is None else f"{100 * v:+.1f}" for v in curve) + " |")
+        met = sum(bool(x["meets_target"]) for x in runs)
+        out[row] = {"runs": runs, "runs_meeting_target": met}
+        lines.append(f"| {row} | target met | | | | {met} of {len(runs)} runs | | |")
+    return lines, {"target": target, "rows": out}
+
+
 def ablation_table(rows: Mapping[str, Sequence[str]], out_md: str, out_json: str, extra: dict | None = None,
                    confusions: Mapping[str, Sequence[str]] | None = None, repeats_cover: str | None = None,
-                   n_boot: int = 10000) -> dict:
+                   n_boot: int = 10000, diagnostics: Mapping[str, Sequence[str]] | None = None) -> dict:
     """The ablation rows of paper Table 1 / Fig. 8 on the eval split, mean ± std over runs.
 
     Args:
@@ -353,6 +406,8 @@ def ablation_table(rows: Mapping[str, Sequence[str]], out_md: str, out_json: str
         confusions: row → per-run per-image confusion files (``score``'s HDF5): adds the
             image-level paired bootstrap CI to each comparison (:func:`compare_rows`).
         repeats_cover: what a repeat reruns, for the table's header.
+        diagnostics: row → per-run dynamic-stage diagnostics JSONs (SSDD, DYN0): adds the
+            per-run m^D0 / m^K1 / m^D2 section and its curve (:func:`dynamic_runs`).
     Returns: the JSON object written.
     Raises:
         ValueError: rows with different numbers of runs, or runs scored on different splits /
@@ -414,6 +469,9 @@ def ablation_table(rows: Mapping[str, Sequence[str]], out_md: str, out_json: str
         verdict = "no CI" if not b else "significant at 5%" if b["significant"] else "difference not shown"
         p = "–" if c["p"] is None else f"{c['p']:.3f}"
         lines.append(f"| {c['row']} − {c['reference']} | {100 * c['mean_diff']:+.1f} | {p} | {ci} | {verdict} |")
+    if diagnostics:
+        diag_lines, out["dynamic_diagnostics"] = dynamic_runs(diagnostics)
+        lines += ["", *diag_lines]
     names = list(out["rows"])
     last = names[-1]
     lines += ["", f"Per class (IoU, mean over runs; gain = {last} − {ref}, paper Table 1):", "",

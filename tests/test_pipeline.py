@@ -304,6 +304,10 @@ def test_ablation_rows_choose_the_trained_rows(wf):
     assert jobs.get("infer") == 4 * 2 * 2, jobs  # rows × runs × 2 val shards
     assert jobs.get("train_seg") == 2 * 2 and jobs.get("train_dynamic") == 2 * 2, jobs
     assert "seg_A0" not in p.stdout and "results/miou_dyn0-r1.json" in p.stdout
+    # the table reads every run's dynamic-stage diagnostics (SSDD and the control), issue 30's m^D2 target
+    abl = next(b for b in p.stdout.split("rule ")[1:] if b.startswith("ablation:"))
+    abl_in = next(ln for ln in abl.splitlines() if ln.strip().startswith("input:"))
+    assert all(f"results/diagnostics/{d}{r}.json" in abl_in for d in ("dynamic", "dyn0") for r in ("", "-r1")), abl_in
     full = _dry_run_jobs(snakemake(wf, "-n", "--forceall", "results/ablation.md", "--configfile", "config/tiny.yaml",
                                    "--config", "repeats=2"))
     assert full["infer"] == 5 * 2 * 2 and full["train_seg"] == 3 * 2, full

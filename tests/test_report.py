@@ -117,3 +117,27 @@ def test_run_summary_lists_the_scores_just_written(tmp_path):
     assert "CAM 31.0, K0 40.0, A0 39.0, D0 42.0" in text
     assert "miou_baseline" not in text and "results/table1.md" in text and "ablation.md" not in text
     assert run_summary(str(res), since=4e9) == "ssdd-pipeline: no score was written in this run."
+
+
+def test_dynamic_runs_section_counts_the_runs_that_meet_the_target(tmp_path):
+    """Issue 30's m^D2 ≥ m^D0 + 1 per run, from hand-made diagnostics: run 0 ends +1.5 (met),
+    run 1 ends +0.5 (missed, though it was +2.0 at epoch 1); the curve starts at epoch 0."""
+    def diag(name, gaps):
+        epochs = [{"epoch": e, "miou": {"D0": 0.40, "K1": 0.35, "D2": 0.40 + g}, "a1_right": 0.5, "k1_right": 0.4}
+                  for e, g in enumerate(gaps)]
+        (tmp_path / name).write_text(json.dumps({"epochs": epochs}))
+        return str(tmp_path / name)
+
+    diags = {"SSDD": [diag("d0.json", [0.0, 0.01, 0.015]), diag("d1.json", [0.0, 0.02, 0.005])]}
+    out = report.ablation_table(_rows(tmp_path, {"K0": [0.30, 0.31], "SSDD": [0.32, 0.33]}), tmp_path / "a.md",
+                                tmp_path / "a.json", diagnostics=diags)
+    d = out["dynamic_diagnostics"]["rows"]["SSDD"]
+    assert [r["meets_target"] for r in d["runs"]] == [True, False] and d["runs_meeting_target"] == 1
+    assert d["runs"][1]["d2_minus_d0_per_epoch"] == pytest.approx([0.0, 0.02, 0.005])
+    md = (tmp_path / "a.md").read_text()
+    assert "| SSDD | 0 | 40.0 | 35.0 | 41.5 | +1.5 | 50% / 40% | +0.0 +1.0 +1.5 |" in md, md
+    assert "| SSDD | target met | | | | 1 of 2 runs | | |" in md
+    with pytest.raises(Exception, match="missing.json"):
+        report.ablation_table(_rows(tmp_path, {"K0": [0.3], "SSDD": [0.31]}), tmp_path / "b.md", tmp_path / "b.json",
+                              diagnostics={"SSDD": [str(tmp_path / "missing.json")]})
+    assert not (tmp_path / "b.md").exists()

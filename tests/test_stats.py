@@ -97,3 +97,8 @@ def test_seg_settings_tables_on_hand_made_variants(tmp_path):
                                            [str(repo / "config" / "voc2012_balanced.yaml")], 1089)
     # 1,089 ids // batch 8 = 136 steps per epoch, 6 epochs; 1020 s / 816 steps = 1.25 s
     assert "| better | 6 | 816 | 1020 | 1.25 | – | 40.3 | 44.0 | 38.0 | 41.0 | -3.0 | 67% / 41% |" in summary, summary
+    # a top-level key (a second training run's seed) and a block key; a misspelt key is an error
+    cfg = seg_settings.variant_config([], "seed=1,dynamic.epochs=6")
+    assert cfg["seed"] == 1 and cfg["dynamic"]["epochs"] == 6
+    with pytest.raises(KeyError, match="sead"):
+        seg_settings.variant_config([], "sead=1")

@@ -10,6 +10,7 @@ with logged(snakemake.log[0]):
     report.ablation_table(rows,
                           snakemake.output.md, snakemake.output.json, {"provenance": provenance(snakemake.config)},
                           confusions={k: [report.confusion_path(p) for p in v] for k, v in rows.items()},
+                          diagnostics={r: list(getattr(i, f"diag_{r}")) for r in ("DYN0", "SSDD") if r in chosen},
                           repeats_cover={"seg": "the seg training (the seeds, the CRF, the static stage and m^D0 are "
                                                 "shared)",
                                          "static": "the static stage, m^D0 and the seg training (the seeds and the "

@@ -59,12 +59,16 @@ from ssdd_core.train import config_hash  # noqa: E402
 
 def variant_config(configfile: list[str], sets: str) -> dict:
     """The config of a variant: ``configfile`` merged over config.yaml, then each ``block.key=value``
-    of the comma-separated ``sets`` (JSON values)."""
+    (or top-level ``key=value``, e.g. ``seed=1`` for a second training run) of the comma-separated
+    ``sets`` (JSON values). Raises KeyError naming a key the config does not have."""
     cfg = merged_config(configfile)
     for kv in filter(None, sets.split(",")):
         key, _, value = kv.partition("=")
         block, _, k = key.partition(".")
-        cfg[block][k] = json.loads(value)
+        where = cfg[block] if k else cfg
+        if (k or block) not in where:
+            raise KeyError(f"--variant {key!r}: the config has no such key")
+        where[k or block] = json.loads(value)
     return cfg
 
 
