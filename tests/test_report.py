@@ -39,6 +39,21 @@ def test_mean_std_and_paired_gain_against_statistics(tmp_path):
     assert "within run-to-run noise" in md
     assert md.rstrip().endswith("supplement Table 7, reproduced column (seed 003) |")
     assert "| aeroplane | 42.0 | 42.0 | 44.7 | 46.0 | +4.0 |" in md  # per class: mean IoU, SSDD − K0
+    # the animal classes are absent from this hand-made table (no IoU): none scored
+    assert "cat –, cow –, dog –, horse –, sheep –; 0 of 0 positive." in md
+
+
+def test_animal_class_gains(tmp_path):
+    """Cat (class 8) gains +0.2, dog (12) loses 0.1; cow, horse, sheep have no IoU."""
+    def row(name, cat, dog):
+        iou = [0.5] + [None] * 20
+        iou[8], iou[12] = cat, dog
+        return [_score(tmp_path / f"{name}.json", 0.4, iou)]
+
+    out = report.ablation_table({"K0": row("k", 0.3, 0.4), "SSDD": row("s", 0.5, 0.3)}, tmp_path / "a.md",
+                                tmp_path / "a.json")
+    assert out["animal_gains"]["cat"] == pytest.approx(0.2) and out["animal_gains"]["dog"] == pytest.approx(-0.1)
+    assert "cat +20.0, cow –, dog -10.0, horse –, sheep –; 1 of 2 positive." in (tmp_path / "a.md").read_text()
 
 
 def test_one_run_says_noise_is_unknown(tmp_path):
