@@ -89,7 +89,27 @@ def test_seg_settings_tables_on_hand_made_variants(tmp_path):
     want = stats.miou_from_confusion(np.stack([good] * 4).sum(0)) - stats.miou_from_confusion(
         np.stack([bad, bad, good, good]).sum(0))
     table = seg_settings.paired_differences(tmp_path, ["ref", "better"], n_boot=200)
-    assert f"| better | {100 * want:+.1f} |" in table, table
+    assert f"| better | {100 * want:+.1f} | {100 * want:+.1f} | – |" in table, table  # one seed: no t-test
+    # a second seed (run folders <variant>@seed1) where "better" is worse: per-seed values, their
+    # mean and the paired t-test over the two seeds
+    for name, per in {"ref@seed1": [good] * 4, "better@seed1": [bad, good, good, good]}.items():
+        (tmp_path / name).mkdir()
+        with h5py.File(tmp_path / name / "confusion.h5", "w") as f:
+            f.create_dataset("ids", data=np.array(ids, dtype="S"))
+            f.create_dataset("confusion", data=np.stack(per).astype(np.int32))
+    assert seg_settings.run_name("better", 1, 0) == "better@seed1" and seg_settings.run_name("better", 0, 0) == "better"
+    worse = stats.miou_from_confusion(np.stack([bad, good, good, good]).sum(0)) - stats.miou_from_confusion(
+        np.stack([good] * 4).sum(0))
+    m = {"ref": stats.miou_from_confusion(np.stack([bad, bad, good, good]).sum(0)),
+         "better": stats.miou_from_confusion(np.stack([good] * 4).sum(0))}
+    p = stats.paired_t([m["ref"], stats.miou_from_confusion(np.stack([good] * 4).sum(0))],
+                       [m["better"], stats.miou_from_confusion(np.stack([bad, good, good, good]).sum(0))])["p"]
+    table = seg_settings.paired_differences(tmp_path, {"ref": ["ref", "ref@seed1"],
+                                                       "better": ["better", "better@seed1"]}, n_boot=200)
+    assert (f"| better | {100 * want:+.1f} {100 * worse:+.1f} | {50 * (want + worse):+.1f} | {p:.3f} |"
+            in table), table
+    with pytest.raises(ValueError, match="same number of seeds"):
+        seg_settings.paired_differences(tmp_path, {"ref": ["ref", "ref@seed1"], "better": ["better"]})
     (tmp_path / "better" / "diagnostics.json").write_text(json.dumps({"epochs": [
         {"epoch": 6, "miou": {"D0": 0.44, "K1": 0.38, "D2": 0.41}, "fg": {"K1": 0.67}, "fg_gt": 0.41}]}))
     rows = {"better": {"miou": 0.403, "settings": "dynamic.epochs=6", "seconds": {"train_s": 1020.0}}}

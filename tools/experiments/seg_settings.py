@@ -27,10 +27,17 @@ A dynamic variant also writes its per-epoch diagnostics on training crops
 Needs a finished run's ``results/`` (labels, splits, masks/K0 or D0, models/cls.pt). Writes
 ``OUT/<variant>/`` (model, predictions, score JSON, per-image confusion), ``OUT/results.json`` and
 prints a per-class table, each variant's held-out difference from the first with its image-level
-paired bootstrap CI (one run per variant: training noise is not in it); a step whose output
+paired bootstrap CI; a step whose output
 exists is skipped, so an interrupted sweep resumes. A variant with ``init: static`` first trains
 the static stage on the same 3 of 4 ids, cached for every OUT in
 ``RESULTS/experiments/static_held_out/`` (keyed by its config, ``--every`` and the input files).
+With one run per variant the CI holds the trained models fixed, so training noise is not in it: on
+voc2012_balanced a second seed moved a variant's held-out difference from +3.5 [+0.2, +5.5] to
+−1.9 (docs/results.md, 2026-12-03). ``--seeds 0 1 2`` trains every variant once per seed (seed s
+of every variant paired; the config's own seed in ``OUT/<variant>/``, another in
+``OUT/<variant>@seed<s>/``) and adds each difference's per-seed values, mean and paired t-test
+over seeds; the bootstrap CI is then that of the mean over seeds.
+
 Costs per seg variant on voc2012_mini about 12 min of training (4 epochs on 777 ids) and 5 min of inference (260
 ids) on a 2-core machine at ~1 s per classifier step; a dynamic variant about 2.5x the training.
 """
@@ -53,7 +60,7 @@ from ssdd_core import stages  # noqa: E402
 from ssdd_core.data import CLASS_NAMES  # noqa: E402
 from ssdd_core.io import files_key, read_json, read_shard_ids  # noqa: E402
 from ssdd_core.report import read_confusion  # noqa: E402
-from ssdd_core.stats import paired_bootstrap  # noqa: E402
+from ssdd_core.stats import miou_from_confusion, paired_bootstrap, paired_t  # noqa: E402
 from ssdd_core.train import config_hash  # noqa: E402
 
 
@@ -100,6 +107,8 @@ def main():
                     help="seg: static-only seg model on m^K0 (baseline block); dynamic: SSDD's dynamic model on m^D0")
     ap.add_argument("--every", type=int, default=4, help="hold out every N-th training id")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seeds", type=int, nargs="+", default=None,
+                    help="train every variant once per seed (default: the config's seed only)")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     train_files, held = held_out_split(a.results, a.out, a.every)
@@ -122,8 +131,14 @@ def main():
         dst.write_text("".join(i + "\n" for i in read_shard_ids(f) if i in held_ids))
         ref_files.append(str(dst))
     rows[f"m^{mask} (labels)"] = stages.score(eval_cfg, ref_files, labels_all, str(a.out / f"{mask}_held_out.json"))
-    for spec in a.variant:
-        name, _, sets = spec.partition(":")
+    seeds = a.seeds or [base["seed"]]
+    runs = {}  # variant → its run folders' names, one per seed
+    for spec, seed in ((v, s) for s in seeds for v in a.variant):
+        variant, _, sets = spec.partition(":")
+        name = run_name(variant, seed, base["seed"])
+        if seed != base["seed"]:
+            sets = ",".join(filter(None, [sets, f"seed={seed}"]))
+        runs.setdefault(variant, []).append(name)
         cfg = variant_config(a.configfile, sets)
         cfg["eval"] = eval_cfg
         d = a.out / name
@@ -181,30 +196,62 @@ def main():
     print("| **mIoU** | | " + " | ".join(f"**{100 * rows[n]['miou']:.1f}**" for n in names) + " |")
     print("| classes at 0 IoU | | " + " | ".join(
         str(int(np.sum([v == 0 for v in rows[n]["iou"] if v is not None]))) for n in names) + " |")
-    variants = [n for n in names if n in {v.partition(":")[0] for v in a.variant}]
-    if len(variants) > 1:
+    if len(runs) > 1:
         print()
-        print(paired_differences(a.out, variants))
+        print(paired_differences(a.out, runs))
     if a.model == "dynamic":
         n_ids = sum(len(read_shard_ids(f)) for f in train_files)
         print()
-        print(dynamic_summary(a.out, variants, rows, a.configfile, n_ids))
+        print(dynamic_summary(a.out, [r for rs in runs.values() for r in rs], rows, a.configfile, n_ids))
 
 
-def paired_differences(out: Path, variants: list[str], n_boot: int = 10000) -> str:
-    """Each variant against the first (one run each, so no t-test): the held-out mIoU difference
-    and its image-level paired bootstrap 95% CI (:func:`ssdd_core.stats.paired_bootstrap` over
-    ``OUT/<variant>/confusion.h5``). A Markdown table."""
-    ref = variants[0]
-    ids_ref, c_ref = read_confusion(str(out / ref / "confusion.h5"))
-    lines = [f"| variant − {ref} | held-out mIoU difference | 95% CI (images) | |", "|---|---:|---|---|"]
-    for name in variants[1:]:
-        ids, c = read_confusion(str(out / name / "confusion.h5"))
+def run_name(variant: str, seed: int, config_seed: int) -> str:
+    """The folder of ``variant``'s run with training seed ``seed``: the variant's name for the
+    config's own seed (so one-seed sweeps keep their folders), ``<variant>@seed<seed>`` otherwise."""
+    return variant if seed == config_seed else f"{variant}@seed{seed}"
+
+
+def paired_differences(out: Path, runs: dict[str, list[str]] | list[str], n_boot: int = 10000) -> str:
+    """Each variant against the first: the held-out mIoU difference per seed (run s of a variant
+    paired with run s of the first), their mean, the paired t-test over seeds (p; none with one
+    seed) and the image-level paired bootstrap 95% CI of the mean over seeds
+    (:func:`ssdd_core.stats.paired_bootstrap` over ``OUT/<run>/confusion.h5``).
+
+    Args:
+        runs: variant → its run folders in seed order (every variant the same number), or a list
+            of variants with one run each (folder = name).
+    Returns: a Markdown table.
+    Raises:
+        ValueError: variants with different numbers of runs, or runs scored on other ids."""
+    if not isinstance(runs, dict):
+        runs = {v: [v] for v in runs}
+    ref, *others = runs
+    if len({len(r) for r in runs.values()}) != 1:
+        raise ValueError(f"seg_settings: every variant needs the same number of seeds, got {runs}")
+
+    def stack(name):
+        read = [(f, *read_confusion(str(out / f / "confusion.h5"))) for f in runs[name]]
+        for f, ids, _ in read:
+            if ids != read[0][1]:
+                raise ValueError(f"{out / f / 'confusion.h5'}: scored on other ids than {runs[name][0]}")
+        return read[0][1], np.stack([c for _, _, c in read])
+
+    ids_ref, c_ref = stack(ref)
+    n = len(runs[ref])
+    lines = [f"| variant − {ref} | per seed | mean | p (paired t over {n} seed{'s' if n > 1 else ''}) | 95% CI (images) | |",
+             "|---|---|---:|---:|---|---|"]
+    for name in others:
+        ids, c = stack(name)
         if ids != ids_ref:
-            raise ValueError(f"{out / name / 'confusion.h5'}: scored on other ids than {ref}")
-        b = paired_bootstrap(c_ref[None], c[None], n_boot=n_boot)
-        lines.append(f"| {name} | {100 * b['diff']:+.1f} | [{100 * b['ci95'][0]:+.1f}, {100 * b['ci95'][1]:+.1f}] | "
-                     f"{'significant at 5%' if b['significant'] else 'not shown'} |")
+            raise ValueError(f"{out / runs[name][0] / 'confusion.h5'}: scored on other ids than {ref}")
+        per = [float(miou_from_confusion(c[s].sum(0)) - miou_from_confusion(c_ref[s].sum(0))) for s in range(n)]
+        t = paired_t([float(miou_from_confusion(x.sum(0))) for x in c_ref],
+                     [float(miou_from_confusion(x.sum(0))) for x in c])
+        b = paired_bootstrap(c_ref, c, n_boot=n_boot)
+        lines.append(f"| {name} | {' '.join(f'{100 * v:+.1f}' for v in per)} | {100 * b['diff']:+.1f} | "
+                     f"{'–' if t['p'] is None else format(t['p'], '.3f')} | "
+                     f"[{100 * b['ci95'][0]:+.1f}, {100 * b['ci95'][1]:+.1f}] | "
+                     f"{'significant at 5% (images)' if b['significant'] else 'not shown'} |")
     return "\n".join(lines)
 
 
