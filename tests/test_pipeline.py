@@ -279,6 +279,13 @@ def test_ablation_rows_end_to_end(tiny_run):
     assert comps["SSDD", "K0"]["p"] is None  # one run: no t-test
     assert "| SSDD − DYN0 |" in md and "Repeats rerun the seg training" in md
     assert "| D0 | seg model on m^D0" in md and "## Published results" in md and "| SSDD | ResNet-38 | 64.9 |" in md
+    # the per-run dynamic-stage section reads each run's diagnostics (issue 30's m^D2 target) and the animal line
+    dd = ab["dynamic_diagnostics"]["rows"]
+    assert set(dd) == {"DYN0", "SSDD"} and len(dd["SSDD"]["runs"]) == 1
+    last = json.loads((wf / "results" / "diagnostics" / "dynamic.json").read_text())["epochs"][-1]
+    assert dd["SSDD"]["runs"][0]["D0"] == last["miou"].get("D0")  # copied, not recomputed
+    assert dd["DYN0"]["runs"][0]["D2"] == dyn0["epochs"][-1]["miou"].get("D2")
+    assert "| SSDD | target met |" in md and "Animal classes (SSDD − K0" in md
 
 
 def test_repeats_add_seeded_runs_of_the_seg_stages_only(tiny_run):

@@ -238,7 +238,8 @@ def paired_differences(out: Path, runs: dict[str, list[str]] | list[str], n_boot
 
     ids_ref, c_ref = stack(ref)
     n = len(runs[ref])
-    lines = [f"| variant − {ref} | per seed | mean | p (paired t over {n} seed{'s' if n > 1 else ''}) | 95% CI (images) | |",
+    seeds = f"{n} seed{'s' if n > 1 else ''}"
+    lines = [f"| variant − {ref} | per seed | mean | p (paired t over {seeds}) | 95% CI (images) | |",
              "|---|---|---:|---:|---|---|"]
     for name in others:
         ids, c = stack(name)
