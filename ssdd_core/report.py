@@ -341,6 +341,11 @@ def compare_rows(miou: Mapping[str, Sequence[float]], confusions: Mapping[str, S
     return out
 
 
+def d2_minus_d0(miou: Mapping[str, float | None]) -> float | None:
+    """m^D2 − m^D0 of one diagnostics epoch's ``miou`` (mask → mIoU); None when either is unscored."""
+    return None if miou.get("D2") is None or miou.get("D0") is None else miou["D2"] - miou["D0"]
+
+
 def dynamic_runs(diagnostics: Mapping[str, Sequence[str]], target: float = 0.01) -> tuple[list[str], dict]:
     """Did the dynamic stage refine its labels, run by run? (issue 30's m^D2 target; DESIGN §3.6)
 
@@ -376,9 +381,8 @@ def dynamic_runs(diagnostics: Mapping[str, Sequence[str]], target: float = 0.01)
             except (OSError, ValueError, KeyError, IndexError) as e:
                 raise ArtifactError(f"{path}: not a dynamic-stage diagnostics file with epochs ({e})") from e
             mi = last["miou"]
-            gap = None if mi.get("D2") is None or mi.get("D0") is None else mi["D2"] - mi["D0"]
-            curve = [None if e["miou"].get("D2") is None or e["miou"].get("D0") is None
-                     else e["miou"]["D2"] - e["miou"]["D0"] for e in epochs]
+            gap = d2_minus_d0(mi)
+            curve = [d2_minus_d0(e["miou"]) for e in epochs]
             runs.append({"run": r, "file": str(path), "epoch": last["epoch"], "D0": mi.get("D0"), "K1": mi.get("K1"),
                          "D2": mi.get("D2"), "d2_minus_d0": gap, "a1_right": last.get("a1_right"),
                          "k1_right": last.get("k1_right"), "d2_minus_d0_per_epoch": curve,
@@ -480,17 +484,17 @@ def ablation_table(rows: Mapping[str, Sequence[str]], out_md: str, out_json: str
     last = names[-1]
     lines += ["", f"Per class (IoU, mean over runs; gain = {last} − {ref}, paper Table 1):", "",
               "| class | " + " | ".join(names) + " | gain |", "| --- |" + " ---: |" * (len(names) + 1)]
+    gains = {}  # class index → last − ref IoU (None where either is unscored)
     for c, cname in enumerate(CLASS_NAMES):
         vals = [out["rows"][n]["iou_mean"][c] for n in names]
+        a, b = out["rows"][ref]["iou_mean"][c], out["rows"][last]["iou_mean"][c]
+        gains[c] = None if a is None or b is None else b - a
         if all(v is None for v in vals):
             continue
-        a, b = out["rows"][ref]["iou_mean"][c], out["rows"][last]["iou_mean"][c]
-        g = "–" if a is None or b is None else f"{100 * (b - a):+.1f}"
+        g = "–" if gains[c] is None else f"{100 * gains[c]:+.1f}"
         lines.append(f"| {cname} | " + " | ".join(pct(v) for v in vals) + f" | {g} |")
     # SSDD §5 (Table 1): over 10 points gained on cat, cow, horse and sheep against PSA, all animals
-    animal = {c: None if out["rows"][ref]["iou_mean"][c] is None or out["rows"][last]["iou_mean"][c] is None
-              else out["rows"][last]["iou_mean"][c] - out["rows"][ref]["iou_mean"][c]
-              for c in (CLASS_NAMES.index(n) for n in ANIMAL_CLASSES)}
+    animal = {c: gains[c] for c in (CLASS_NAMES.index(n) for n in ANIMAL_CLASSES)}
     scored = [g for g in animal.values() if g is not None]
     out["animal_gains"] = {CLASS_NAMES[c]: g for c, g in animal.items()}
     lines += ["", f"Animal classes ({last} − {ref}; the paper's largest gains, SSDD §5): " + ", ".join(

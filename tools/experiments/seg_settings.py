@@ -59,7 +59,7 @@ from config_files import merged_config  # noqa: E402
 from ssdd_core import stages  # noqa: E402
 from ssdd_core.data import CLASS_NAMES  # noqa: E402
 from ssdd_core.io import files_key, read_json, read_shard_ids  # noqa: E402
-from ssdd_core.report import read_confusion  # noqa: E402
+from ssdd_core.report import d2_minus_d0, read_confusion  # noqa: E402
 from ssdd_core.stats import miou_from_confusion, paired_bootstrap, paired_t  # noqa: E402
 from ssdd_core.train import config_hash  # noqa: E402
 
@@ -229,25 +229,28 @@ def paired_differences(out: Path, runs: dict[str, list[str]] | list[str], n_boot
     if len({len(r) for r in runs.values()}) != 1:
         raise ValueError(f"seg_settings: every variant needs the same number of seeds, got {runs}")
 
-    def stack(name):
-        read = [(f, *read_confusion(str(out / f / "confusion.h5"))) for f in runs[name]]
-        for f, ids, _ in read:
-            if ids != read[0][1]:
-                raise ValueError(f"{out / f / 'confusion.h5'}: scored on other ids than {runs[name][0]}")
-        return read[0][1], np.stack([c for _, _, c in read])
+    ids_ref = read_confusion(str(out / runs[ref][0] / "confusion.h5"))[0]
 
-    ids_ref, c_ref = stack(ref)
+    def stack(name):  # (runs, N, K, K) confusions of a variant, every run on the reference's ids
+        mats = []
+        for f in runs[name]:
+            ids, c = read_confusion(str(out / f / "confusion.h5"))
+            if ids != ids_ref:
+                raise ValueError(f"{out / f / 'confusion.h5'}: scored on other ids than {runs[ref][0]}")
+            mats.append(c)
+        return np.stack(mats)
+
+    c_ref = stack(ref)
+    m_ref = [float(miou_from_confusion(x.sum(0))) for x in c_ref]
     n = len(runs[ref])
     seeds = f"{n} seed{'s' if n > 1 else ''}"
     lines = [f"| variant − {ref} | per seed | mean | p (paired t over {seeds}) | 95% CI (images) | |",
              "|---|---|---:|---:|---|---|"]
     for name in others:
-        ids, c = stack(name)
-        if ids != ids_ref:
-            raise ValueError(f"{out / runs[name][0] / 'confusion.h5'}: scored on other ids than {ref}")
-        per = [float(miou_from_confusion(c[s].sum(0)) - miou_from_confusion(c_ref[s].sum(0))) for s in range(n)]
-        t = paired_t([float(miou_from_confusion(x.sum(0))) for x in c_ref],
-                     [float(miou_from_confusion(x.sum(0))) for x in c])
+        c = stack(name)
+        m = [float(miou_from_confusion(x.sum(0))) for x in c]
+        per = [b - a for a, b in zip(m_ref, m)]
+        t = paired_t(m_ref, m)
         b = paired_bootstrap(c_ref, c, n_boot=n_boot)
         lines.append(f"| {name} | {' '.join(f'{100 * v:+.1f}' for v in per)} | {100 * b['diff']:+.1f} | "
                      f"{'–' if t['p'] is None else format(t['p'], '.3f')} | "
@@ -277,7 +280,7 @@ def dynamic_summary(out: Path, variants: list[str], rows: dict, configfile: list
         epochs = read_json(diag)["epochs"] if diag.exists() else []
         last = epochs[-1] if epochs else None
         mi = (last or {}).get("miou", {})
-        gap = None if mi.get("D2") is None or mi.get("D0") is None else mi["D2"] - mi["D0"]
+        gap = d2_minus_d0(mi)
         fg = "–" if last is None else f"{100 * last['fg']['K1']:.0f}% / {100 * last['fg_gt']:.0f}%"
         per = None if secs is None else secs / steps
         lines.append(f"| {name} | {d['epochs']} | {steps} | {fmt(secs, '.0f')} | {fmt(per, '.2f')} | "
