@@ -341,6 +341,36 @@ def compare_rows(miou: Mapping[str, Sequence[float]], confusions: Mapping[str, S
     return out
 
 
+def significance_verdict(bootstrap: Mapping | None, p: float | None, runs: int, alpha: float = 0.05) -> str:
+    """The words the ablation table puts beside a difference (issue 30 item 2).
+
+    "significant at 5%" only when the image-level bootstrap CI excludes 0, and then qualified by
+    what else is known: the image bootstrap holds the trained models fixed, so it does not cover
+    training noise, which moved held-out mIoU by 2–3 points between two seeds here (docs/results.md,
+    2026-12-03 session 4: one variant's image CI excluded 0 on seed 0 and the sign reversed on seed 1).
+    So a difference is called significant over images *and* runs only when the paired t-test over
+    the runs also gives p < ``alpha``.
+
+    Args:
+        bootstrap: :func:`ssdd_core.stats.paired_bootstrap`'s dict (``significant``) or None.
+        p: the paired t-test's two-sided p over runs (None with fewer than 2 runs).
+        runs: the number of paired runs.
+    Returns:
+        "no CI", "difference not shown", "significant at 5% (images and runs)",
+        "significant at 5% over images; 1 run, training noise not covered" or
+        "significant at 5% over images, not over runs (p = 0.123)".
+    """
+    if not bootstrap:
+        return "no CI"
+    if not bootstrap["significant"]:
+        return "difference not shown"
+    if runs < 2 or p is None:
+        return "significant at 5% over images; 1 run, training noise not covered"
+    if p < alpha:
+        return "significant at 5% (images and runs)"
+    return f"significant at 5% over images, not over runs (p = {p:.3f})"
+
+
 def d2_minus_d0(miou: Mapping[str, float | None]) -> float | None:
     """m^D2 − m^D0 of one diagnostics epoch's ``miou`` (mask → mIoU); None when either is unscored."""
     return None if miou.get("D2") is None or miou.get("D0") is None else miou["D2"] - miou["D0"]
@@ -469,12 +499,13 @@ def ablation_table(rows: Mapping[str, Sequence[str]], out_md: str, out_json: str
         lines.append(f"| {name} | {r['what']} | {pm(r['miou_mean'], r['miou_std'])} | {gain} | {note} |")
     lines += ["", "Differences (row − reference): paired t-test over runs; 95% CI from an image-level paired "
               f"bootstrap ({n_boot} resamples of the {n_images} eval images, mean over runs). Significant at 5% "
-              "only when the CI excludes 0.", "",
+              "only when the CI excludes 0; the bootstrap holds the trained models fixed, so \"images and runs\" "
+              "also needs the paired t-test's p < 0.05 over the runs (training noise).", "",
               "| row − reference | mean | p (paired t) | 95% CI | |", "| --- | ---: | ---: | ---: | --- |"]
     for c in out["comparisons"]:
         b = c.get("bootstrap")
         ci = "–" if not b else f"[{100 * b['ci95'][0]:+.1f}, {100 * b['ci95'][1]:+.1f}]"
-        verdict = "no CI" if not b else "significant at 5%" if b["significant"] else "difference not shown"
+        verdict = c["verdict"] = significance_verdict(b, c["p"], c["n"])
         p = "–" if c["p"] is None else f"{c['p']:.3f}"
         lines.append(f"| {c['row']} − {c['reference']} | {100 * c['mean_diff']:+.1f} | {p} | {ci} | {verdict} |")
     if diagnostics:

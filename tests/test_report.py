@@ -156,3 +156,67 @@ def test_dynamic_runs_section_counts_the_runs_that_meet_the_target(tmp_path):
         report.ablation_table(_rows(tmp_path, {"K0": [0.3], "SSDD": [0.31]}), tmp_path / "b.md", tmp_path / "b.json",
                               diagnostics={"SSDD": [str(tmp_path / "missing.json")]})
     assert not (tmp_path / "b.md").exists()
+
+
+def test_significance_verdict_needs_the_runs_too():
+    """The image bootstrap holds the models fixed: "images and runs" needs the runs' p < 0.05 too."""
+    sig, not_sig = {"significant": True}, {"significant": False}
+    assert report.significance_verdict(None, 0.01, 3) == "no CI"
+    assert report.significance_verdict(not_sig, 0.001, 3) == "difference not shown"
+    one = "significant at 5% over images; 1 run, training noise not covered"
+    assert report.significance_verdict(sig, None, 1) == one
+    assert report.significance_verdict(sig, 0.01, 3) == "significant at 5% (images and runs)"
+    assert report.significance_verdict(sig, 0.2, 3) == "significant at 5% over images, not over runs (p = 0.200)"
+
+
+def _confusions(path, per_image):
+    """(N, 21, 21) per-image confusion matrices → an HDF5 like the score rule's (ids 0..N-1)."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset("ids", data=np.array([f"{i:04d}".encode() for i in range(len(per_image))]))
+        f.create_dataset("confusion", data=np.stack(per_image).astype(np.int32))
+    return str(path)
+
+
+def test_ablation_table_verdicts_from_images_and_runs(tmp_path):
+    """Two runs of K0 and SSDD on 30 images (class 1 on each image, 100 background pixels right).
+    Run 0: SSDD finds 30 of 40 class-1 pixels where K0 finds 10, on every image. Run 1: SSDD finds
+    9 where K0 finds 10. The image bootstrap of the mean over runs excludes 0 (+big in run 0), the
+    paired t-test over the two runs does not (one run gains, one loses): the table must say so.
+    With run 1 also like run 0, both agree and the table says "images and runs"."""
+    import numpy as np
+
+    from ssdd_core import stats
+
+    def img(right):
+        m = np.zeros((21, 21), np.int64)
+        m[0, 0], m[1, 1], m[1, 0] = 100, right, 40 - right
+        return m
+
+    def rows(k0_hits, ssdd_hits, tag):
+        out, conf = {}, {}
+        for name, hits in (("K0", k0_hits), ("SSDD", ssdd_hits)):
+            out[name], conf[name] = [], []
+            for r, h in enumerate(hits):
+                per = [img(h)] * 30
+                iou = [None] * 21
+                cm = np.sum(per, 0)
+                iou[0], iou[1] = (float(cm[c, c] / (cm[c].sum() + cm[:, c].sum() - cm[c, c])) for c in (0, 1))
+                out[name].append(_score(tmp_path / f"{tag}{name}{r}.json", float(stats.miou_from_confusion(cm)), iou,
+                                        n=30))
+                conf[name].append(_confusions(tmp_path / f"{tag}{name}{r}.h5", per))
+        return out, conf
+
+    mixed, conf = rows([10, 10], [30, 9], "m")
+    out = report.ablation_table(mixed, tmp_path / "m.md", tmp_path / "m.json", confusions=conf, n_boot=500)
+    (c,) = out["comparisons"]
+    assert c["row"] == "SSDD" and c["bootstrap"]["significant"] and c["p"] > 0.05
+    assert c["verdict"].startswith("significant at 5% over images, not over runs (p = ")
+    assert f"| {c['verdict']} |" in (tmp_path / "m.md").read_text()
+    assert json.loads((tmp_path / "m.json").read_text())["comparisons"][0]["verdict"] == c["verdict"]
+
+    both, conf = rows([10, 10], [30, 30], "b")
+    out = report.ablation_table(both, tmp_path / "b.md", tmp_path / "b.json", confusions=conf, n_boot=500)
+    assert out["comparisons"][0]["verdict"] == "significant at 5% (images and runs)"

@@ -59,7 +59,7 @@ from config_files import merged_config  # noqa: E402
 from ssdd_core import stages  # noqa: E402
 from ssdd_core.data import CLASS_NAMES  # noqa: E402
 from ssdd_core.io import files_key, read_json, read_shard_ids  # noqa: E402
-from ssdd_core.report import d2_minus_d0, read_confusion  # noqa: E402
+from ssdd_core.report import d2_minus_d0, read_confusion, significance_verdict  # noqa: E402
 from ssdd_core.stats import miou_from_confusion, paired_bootstrap, paired_t  # noqa: E402
 from ssdd_core.train import config_hash  # noqa: E402
 
@@ -255,7 +255,7 @@ def paired_differences(out: Path, runs: dict[str, list[str]] | list[str], n_boot
         lines.append(f"| {name} | {' '.join(f'{100 * v:+.1f}' for v in per)} | {100 * b['diff']:+.1f} | "
                      f"{'–' if t['p'] is None else format(t['p'], '.3f')} | "
                      f"[{100 * b['ci95'][0]:+.1f}, {100 * b['ci95'][1]:+.1f}] | "
-                     f"{'significant at 5% (images)' if b['significant'] else 'not shown'} |")
+                     f"{significance_verdict(b, t['p'], n)} |")
     return "\n".join(lines)
 
 
