@@ -315,7 +315,7 @@ def compare_rows(miou: Mapping[str, Sequence[float]], confusions: Mapping[str, S
                  n_boot: int = 10000) -> list[dict]:
     """The :data:`COMPARISONS` present in ``miou`` (row → per-run mIoU): paired t-test over runs
     and, with ``confusions`` (row → per-run confusion files), the image-level paired bootstrap
-    95% CI (:mod:`ssdd_core.stats`).
+    95% CI (:mod:`ssdd_core.stats`), and their :func:`significance_verdict` (``verdict``).
 
     Raises:
         ValueError: two rows' runs scored on different image ids."""
@@ -337,6 +337,7 @@ def compare_rows(miou: Mapping[str, Sequence[float]], confusions: Mapping[str, S
             if conf[row][0] != conf[ref][0]:
                 raise ValueError(f"ablation: rows {row} and {ref} were scored on different images")
             c["bootstrap"] = stats.paired_bootstrap(conf[ref][1], conf[row][1], n_boot=n_boot)
+        c["verdict"] = significance_verdict(c.get("bootstrap"), c["p"], c["n"])
         out.append(c)
     return out
 
@@ -505,9 +506,8 @@ def ablation_table(rows: Mapping[str, Sequence[str]], out_md: str, out_json: str
     for c in out["comparisons"]:
         b = c.get("bootstrap")
         ci = "–" if not b else f"[{100 * b['ci95'][0]:+.1f}, {100 * b['ci95'][1]:+.1f}]"
-        verdict = c["verdict"] = significance_verdict(b, c["p"], c["n"])
         p = "–" if c["p"] is None else f"{c['p']:.3f}"
-        lines.append(f"| {c['row']} − {c['reference']} | {100 * c['mean_diff']:+.1f} | {p} | {ci} | {verdict} |")
+        lines.append(f"| {c['row']} − {c['reference']} | {100 * c['mean_diff']:+.1f} | {p} | {ci} | {c['verdict']} |")
     if diagnostics:
         diag_lines, out["dynamic_diagnostics"] = dynamic_runs(diagnostics)
         lines += ["", *diag_lines]

@@ -229,12 +229,14 @@ def paired_differences(out: Path, runs: dict[str, list[str]] | list[str], n_boot
     if len({len(r) for r in runs.values()}) != 1:
         raise ValueError(f"seg_settings: every variant needs the same number of seeds, got {runs}")
 
-    ids_ref = read_confusion(str(out / runs[ref][0] / "confusion.h5"))[0]
+    ids_ref = None  # the ids of the reference's first run, read with it
 
     def stack(name):  # (runs, N, K, K) confusions of a variant, every run on the reference's ids
+        nonlocal ids_ref
         mats = []
         for f in runs[name]:
             ids, c = read_confusion(str(out / f / "confusion.h5"))
+            ids_ref = ids if ids_ref is None else ids_ref
             if ids != ids_ref:
                 raise ValueError(f"{out / f / 'confusion.h5'}: scored on other ids than {runs[ref][0]}")
             mats.append(c)
