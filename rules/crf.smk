@@ -13,6 +13,6 @@ rule crf:
         "logs/crf{rep}/{shard}.log",
     benchmark:
         "benchmarks/crf{rep}/{shard}.tsv"
-    threads: 1
+    threads: SHARD_THREADS
     script:
         "../workflow_scripts/crf.py"

@@ -15,8 +15,9 @@ rule infer:
         "logs/infer/{model}/{shard}.log",
     benchmark:
         "benchmarks/infer/{model}/{shard}.tsv"
-    # The test-time CRF (single-threaded) dominates: one thread per shard lets shards run side by side.
-    threads: 1
+    # The test-time CRF (single-threaded) dominates: with 1 thread per shard, shards run side by side;
+    # with more (cores > shards), the CRF runs on that many worker processes beside the network.
+    threads: SHARD_THREADS
     resources:
         gpu=DEVICE_GPU,
     script:

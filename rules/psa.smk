@@ -37,7 +37,7 @@ rule cam:
         "logs/cam{rep}/{shard}.log",
     benchmark:
         "benchmarks/cam{rep}/{shard}.tsv"
-    threads: TORCH_THREADS
+    threads: SHARD_THREADS
     resources:
         gpu=DEVICE_GPU,
     script:
@@ -56,7 +56,7 @@ rule aff_labels:
         "logs/aff_labels{rep}/{shard}.log",
     benchmark:
         "benchmarks/aff_labels{rep}/{shard}.tsv"
-    threads: 1
+    threads: SHARD_THREADS
     script:
         "../workflow_scripts/aff_labels.py"
 
@@ -99,7 +99,7 @@ if PSA_SEEDS:
             "logs/psa{rep}/{shard}.log",
         benchmark:
             "benchmarks/psa{rep}/{shard}.tsv"
-        threads: TORCH_THREADS
+        threads: SHARD_THREADS
         resources:
             gpu=DEVICE_GPU,
         script:

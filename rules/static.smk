@@ -43,7 +43,7 @@ rule integrate:
         "logs/integrate{rep}/{shard}.log",
     benchmark:
         "benchmarks/integrate{rep}/{shard}.tsv"
-    threads: TORCH_THREADS
+    threads: SHARD_THREADS
     resources:
         gpu=DEVICE_GPU,
     script:

@@ -77,9 +77,9 @@ def test_dry_run_10582_ids_costs_under_2_5s_over_snakemake_startup(wf, tmp_path)
 @pytest.fixture(scope="module")
 def tiny_run(wf):
     t0 = time.time()
-    # infer with 2 threads: its CRF worker process runs inside Snakemake's script context
+    # infer, crf and aff_labels with 2 threads: their CRF worker processes run inside Snakemake's script context
     snakemake(wf, "--cores", "2", "all", "results/ablation.md", "--configfile", "config/tiny.yaml",
-              "--set-threads", "infer=2")
+              "--set-threads", "infer=2", "crf=2", "aff_labels=2")
     return wf, time.time() - t0
 
 
@@ -155,6 +155,61 @@ def test_tiny_end_to_end(tiny_run):
     assert (wf / "benchmarks" / "train_dynamic.tsv").exists()
     # no temporary files left behind by atomic writes
     assert not list((wf / "results").rglob("*.tmp"))
+
+
+def test_crf_rules_on_worker_processes_write_what_one_process_writes(tiny_run, tmp_path):
+    """Issue 29: the tiny run's crf and aff_labels ran their images on 2 worker processes (the
+    rule's threads); the same shard rerun here in one process gives the same m^A0 PNGs and the
+    same la / ha score maps, in the same id order."""
+    import yaml
+
+    from ssdd_core import stages
+    from ssdd_core.io import load_mask_png, read_h5, read_h5_ids
+
+    wf, _ = tiny_run
+    res = wf / "results"
+    assert "2 worker(s)" in (wf / "logs" / "crf" / "000.log").read_text()
+    assert "2 worker(s)" in (wf / "logs" / "aff_labels" / "000.log").read_text()
+    from snakemake.utils import update_config
+
+    cfg = yaml.safe_load((wf / "config.yaml").read_text())
+    update_config(cfg, yaml.safe_load((wf / "config" / "tiny.yaml").read_text()))
+    cfg["data"]["root"] = str(wf / cfg["data"]["root"])
+    stages.crf(cfg, str(res / "psa" / "000.h5"), str(tmp_path / "A0"), workers=1)
+    pool_masks = sorted(p.name for p in (res / "masks" / "A0" / "000").glob("*.png"))
+    assert pool_masks and pool_masks == sorted(p.name for p in (tmp_path / "A0").glob("*.png"))
+    for name in pool_masks:
+        assert np.array_equal(load_mask_png(res / "masks" / "A0" / "000" / name), load_mask_png(tmp_path / "A0" / name))
+    stages.aff_labels(cfg, str(res / "cam" / "000.h5"), str(tmp_path / "aff.h5"), workers=1)
+    assert read_h5_ids(res / "aff_labels" / "000.h5") == read_h5_ids(tmp_path / "aff.h5")
+    for i in read_h5_ids(tmp_path / "aff.h5"):
+        a, b = read_h5(res / "aff_labels" / "000.h5", i), read_h5(tmp_path / "aff.h5", i)
+        assert set(a) == set(b) == {"la", "ha", "labels"}
+        for k in a:
+            assert np.array_equal(a[k], b[k]), (i, k)
+
+
+def test_ordered_map_keeps_order_and_raises_where_the_item_fails():
+    """Issue 29: the worker pool of the CRF rules returns results in the items' order (workers
+    finish out of order) and raises an item's error when that result is reached."""
+    from ssdd_core.stages.context import ordered_map
+
+    items = [0.2, 0.0, 0.1, 0.0, 0.05]
+    with ordered_map(_sleep_then_echo, items, workers=3) as it:
+        assert list(it) == items
+    with ordered_map(_sleep_then_echo, [0.0, -1.0, 0.0], workers=2) as it:
+        assert next(it) == 0.0
+        with pytest.raises(ValueError, match="negative"):
+            next(it)
+    with ordered_map(_sleep_then_echo, items, workers=1) as it:
+        assert list(it) == items
+
+
+def _sleep_then_echo(x: float) -> float:
+    if x < 0:
+        raise ValueError("negative")
+    time.sleep(x)
+    return x
 
 
 # The tiny run's scores as the code of f88cc5c made them (before issue 29's speed-ups), on this
@@ -411,11 +466,14 @@ def test_init_static_makes_the_static_model_an_input_of_the_seg_stages(wf, init)
     assert ("train_static" in _dry_run_jobs(k0)) == (init == "static")
 
 
-@pytest.mark.parametrize("cores, cap, want", [(16, None, 16), (2, None, 2), (16, 4, 4)])
-def test_torch_rules_take_the_cores_they_are_given(wf, cores, cap, want):
-    """Issue 29: a training rule (and CAM, walk, integration) runs on the cores Snakemake is given,
-    not a constant 2; config `threads` caps it. The dry-run DAG shows each job's threads."""
-    over = ["--config", f"threads={cap}"] if cap else []
+@pytest.mark.parametrize("cores, over, want, per_shard", [(16, {}, 16, 8), (2, {}, 2, 1), (16, {"threads": 4}, 4, 2),
+                                                       (16, {"shard_threads": 3}, 16, 3)])
+def test_jobs_take_the_cores_they_are_given(wf, cores, over, want, per_shard):
+    """Issue 29: a training rule runs on the cores Snakemake is given, not a constant 2 (config
+    `threads` caps it), and a sharded per-image rule on its share of them (tiny: 2 shards), so the
+    shards fill the cores side by side (config `shard_threads` sets it). The dry-run DAG shows
+    each job's threads."""
+    over = ["--config", *(f"{k}={v}" for k, v in over.items())] if over else []
     p = snakemake(wf, "-n", "--forceall", "--cores", str(cores), "results/models/dynamic.pt", "--configfile",
                   "config/tiny.yaml", *over)
     threads = {}
@@ -423,9 +481,10 @@ def test_torch_rules_take_the_cores_they_are_given(wf, cores, cap, want):
         name = block.split(":", 1)[0].strip()
         line = next((ln for ln in block.splitlines() if ln.strip().startswith("threads:")), "threads: 1")
         threads.setdefault(name, int(line.split(":")[1]))
-    for rule in ("train_cls", "cam", "train_aff", "psa", "train_static", "integrate", "train_dynamic"):
+    for rule in ("train_cls", "train_aff", "train_static", "train_dynamic"):
         assert threads.get(rule) == want, (rule, threads)
-    assert threads.get("crf") == 1  # CRF shards: one thread each, side by side
+    for rule in ("cam", "aff_labels", "psa", "crf", "integrate"):
+        assert threads.get(rule) == per_shard, (rule, threads)
 
 
 def _tree_bytes(d):

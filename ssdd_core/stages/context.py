@@ -3,6 +3,9 @@ seeding), the training data root and the image-level labels."""
 from __future__ import annotations
 
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -19,6 +22,32 @@ log = logging.getLogger("ssdd")
 def progress(it, desc, total=None, logger=log):
     """A tqdm bar that writes to the rule's log every 10 s."""
     return tqdm(it, desc=desc, total=total, mininterval=10, file=_TqdmLog(logger))
+
+
+@contextmanager
+def ordered_map(fn, items, workers: int = 1):
+    """``fn`` over ``items``, results in the order of ``items`` (issue 29: the CRF rules keep the
+    cores of their job busy). ``workers`` ≤ 1 (or one item): in this process, lazily. Else a pool of
+    ``workers`` forked processes gets every item at once, so the workers fork here, before the
+    caller opens its output files (enter the context first); ``fn`` and the items must pickle
+    (a module-level function, ``functools.partial`` of one). Per-item work is independent, so the
+    results are the same either way.
+
+    Yields:
+        an iterator over ``fn(item)``; an exception of ``fn`` is raised when its result is reached.
+        Leaving the context early cancels the items not yet started.
+    """
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        yield map(fn, items)
+        return
+    # fork (as InLoopCRF and infer): "spawn" would re-run Snakemake's script file in the child
+    pool = ProcessPoolExecutor(min(int(workers), len(items)), mp_context=multiprocessing.get_context("fork"))
+    try:
+        futures = [pool.submit(fn, x) for x in items]
+        yield (f.result() for f in futures)
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 @dataclass

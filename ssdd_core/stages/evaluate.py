@@ -37,7 +37,8 @@ def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str
 
     ``model_name`` is the model's kind (:data:`ssdd_core.models.factory.SEG_KINDS`): ``dynamic``
     (predicts with head main), ``static`` or ``seg`` (a static-only row; both with head base).
-    ``threads`` ≥ 2 also runs the CRF in a worker process, overlapped with the network.
+    ``threads`` ≥ 2 also runs the CRF on ``threads`` worker processes, overlapped with the network
+    (the same predictions).
 
     Raises:
         ValueError: unknown model kind.
@@ -52,12 +53,12 @@ def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str
     params = infer_mod.inference_crf_params(cfg)
     ids = read_shard_ids(ids_file)
     t0 = time.time()
-    # With 2+ threads, the CRF of image i runs in a worker process while the network sees
-    # image i + 1 (with 1 thread, Snakemake's parallel shards keep the cores busy instead).
+    # With t ≥ 2 threads, the CRF of images i - t + 1 .. i runs on t worker processes while the
+    # network sees image i + 1 (with 1 thread, Snakemake's parallel shards keep the cores busy instead).
     overlap = params is not None and threads >= 2 and len(ids) > 1
     # Default start method (fork on Linux, like InLoopCRF): "spawn" would re-run Snakemake's
     # script file as the child's __main__ and kill the worker.
-    pool = ProcessPoolExecutor(1) if overlap else None
+    pool = ProcessPoolExecutor(int(threads)) if overlap else None
     pending = collections.deque()  # (id, future) in submission order
 
     def save_done(tmpdir, keep: int):
@@ -75,7 +76,7 @@ def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str
                 p = infer_mod.predict_probs(model, img, head, ic, ctx.device)
                 pending.append((i, pool.submit(infer_mod.crf_argmax, img, p, params, ic.crf_min_prob,
                                                   ic.crf_scale)))
-                save_done(tmpdir, 1)
+                save_done(tmpdir, int(threads))
             save_done(tmpdir, 0)
         finally:
             if pool:

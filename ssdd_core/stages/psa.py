@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -16,7 +17,7 @@ from ..datasets import AffDataset, ClsDataset
 from ..io import H5Writer, atomic_dir, files_key, read_h5, read_h5_ids, read_shard_ids, save_mask
 from ..models import factory
 from ..models.backbones import freeze_stem
-from .context import StageContext, progress
+from .context import StageContext, ordered_map, progress
 
 log = logging.getLogger("ssdd")
 
@@ -52,24 +53,30 @@ def cam(cfg: dict, cls_pt: str, ids_file: str, labels_json: str, out_h5: str, th
     return {"n": len(ids), "seconds": dt}
 
 
-def aff_labels(cfg: dict, cam_h5: str, out_h5: str) -> dict:
-    """la / ha affinity-label score maps (α = alpha_la / alpha_ha, each CRF-refined) for one shard."""
+def aff_labels(cfg: dict, cam_h5: str, out_h5: str, workers: int = 1) -> dict:
+    """la / ha affinity-label score maps (α = alpha_la / alpha_ha, each CRF-refined) for one shard.
+    ``workers`` > 1 runs the images on that many processes (the rule's threads; same maps)."""
     ctx = StageContext(cfg, torch_setup=False)
     a = cfg["aff"]
-    crf = CRFParams.from_config(a["crf"])
-    scale = a["label_scale"]
+    fn = partial(_aff_label_maps, cam_h5, ctx.voc, a["alpha_la"], a["alpha_ha"], CRFParams.from_config(a["crf"]),
+                 a["label_scale"])
     ids = read_h5_ids(cam_h5)
     t0 = time.time()
-    with H5Writer(out_h5) as w:
-        for i in progress(ids, "aff_labels"):
-            d = read_h5(cam_h5, i)
-            img = ctx.voc.load_image(i)
-            la = psa_mod.affinity_label_scores(img, d["cam"], a["alpha_la"], crf, scale)
-            ha = psa_mod.affinity_label_scores(img, d["cam"], a["alpha_ha"], crf, scale)
-            w.add(i, la=la, ha=ha, labels=d["labels"])
+    with ordered_map(fn, ids, workers) as maps, H5Writer(out_h5) as w:
+        for i, (la, ha, labels) in progress(zip(ids, maps), "aff_labels", total=len(ids)):
+            w.add(i, la=la, ha=ha, labels=labels)
     dt = time.time() - t0
-    log.info("aff_labels: %d images in %.1f s", len(ids), dt)
+    log.info("aff_labels: %d images in %.1f s (%d worker(s))", len(ids), dt, max(1, workers))
     return {"n": len(ids), "seconds": dt}
+
+
+def _aff_label_maps(cam_h5: str, voc, alpha_la: float, alpha_ha: float, crf: CRFParams, scale: float,
+                    image_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The la and ha score maps of one id and its labels (:func:`ssdd_core.psa.affinity_label_scores`)."""
+    d = read_h5(cam_h5, image_id)
+    img = voc.load_image(image_id)
+    return (psa_mod.affinity_label_scores(img, d["cam"], alpha_la, crf, scale),
+            psa_mod.affinity_label_scores(img, d["cam"], alpha_ha, crf, scale), d["labels"])
 
 
 def train_aff(cfg: dict, labels_json: str, aff_h5s: Sequence[str], out: str, threads: int = 2) -> dict:

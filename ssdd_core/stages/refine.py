@@ -7,6 +7,7 @@ import copy
 import logging
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,26 +33,34 @@ from ..io import (
 from ..models import factory
 from ..refinement import DynamicDiagnostics, InLoopCRF, make_baseline_step, make_dynamic_step, make_static_step
 from ..ssdd import Biases
-from .context import StageContext, progress
+from .context import StageContext, ordered_map, progress
 
 log = logging.getLogger("ssdd")
 
 
-def crf(cfg: dict, psa_h5: str, out_dir: str) -> dict:
+def crf(cfg: dict, psa_h5: str, out_dir: str, workers: int = 1) -> dict:
     """Dense CRF of p^K0 over present labels → m^A0 PNGs (DESIGN §3.3). The CRF's marginals p^A0
-    are not kept: SSDD reads only the mask m^A0."""
+    are not kept: SSDD reads only the mask m^A0. ``workers`` > 1 runs the images on that many
+    processes (the rule's threads; the masks are the same)."""
     ctx = StageContext(cfg, torch_setup=False)
     params = CRFParams.from_config(cfg["crf"])
     ids = read_h5_ids(psa_h5)
     t0 = time.time()
-    with atomic_dir(out_dir) as tmpdir:
-        for i in progress(ids, "crf"):
-            d = read_h5(psa_h5, i)
-            q = dense_crf(ctx.voc.load_image(i), d["prob"], params)
-            save_mask(Path(tmpdir) / f"{i}.png", psa_mod.full_label_map(q.argmax(0), d["labels"]))
+    with ordered_map(partial(_crf_mask, psa_h5, ctx.voc, params), ids, workers) as masks, \
+            atomic_dir(out_dir) as tmpdir:
+        for i, mask in progress(zip(ids, masks), "crf", total=len(ids)):
+            save_mask(Path(tmpdir) / f"{i}.png", mask)
     dt = time.time() - t0
-    log.info("crf: %d images in %.1f s (%.2f img/s)", len(ids), dt, len(ids) / max(dt, 1e-9))
+    log.info("crf: %d images in %.1f s (%.2f img/s, %d worker(s))", len(ids), dt, len(ids) / max(dt, 1e-9),
+             max(1, workers))
     return {"n": len(ids), "seconds": dt}
+
+
+def _crf_mask(psa_h5: str, voc, params: CRFParams, image_id: str) -> np.ndarray:
+    """m^A0 of one id: the dense CRF of its p^K0 as a VOC label map (uint8 (H, W))."""
+    d = read_h5(psa_h5, image_id)
+    q = dense_crf(voc.load_image(image_id), d["prob"], params)
+    return psa_mod.full_label_map(q.argmax(0), d["labels"])
 
 
 def _given(path: str | None) -> list[str]:
