@@ -3,6 +3,7 @@
     python tools/profile_rules.py [RUN_DIR] --configfile config/voc2012_balanced.yaml
     python tools/profile_rules.py --scaling --configfile config/voc2012_balanced.yaml   # 1 vs 2 threads
     python tools/profile_rules.py --scaling --layouts --configfile ...   # and NCHW vs channels-last
+    python tools/profile_rules.py RUN_DIR --shard-modes --configfile ...  # a shard job: 1 × 2 threads vs 2 × 1
 
 For each rule with benchmark files (Snakemake's ``benchmarks/``, shards summed): wall seconds,
 images, images/s; for the training rules also the steps and seconds per step that
@@ -147,6 +148,69 @@ def thread_scaling(cfg: dict, threads=(1, 2), steps: int = 3, layouts: bool = Fa
         print(line, flush=True)
 
 
+SHARD_CALLS = {
+    # stage → the call of ssdd_core.stages on a part's inputs (``{ids}``, ``{cam}``) and outputs (``{out}``)
+    "cam": "stages.cam(cfg, '{res}/models/cls.pt', '{ids}', '{res}/labels/train.json', '{out}.h5', {threads})",
+    "psa": "stages.psa(cfg, '{res}/models/aff.pt', '{cam}', '{out}.h5', '{out}_dir', {threads})",
+    "integrate": "stages.integrate(cfg, '{res}/models/static.pt', '{res}/labels/train.json', '{ids}', "
+                 "'{res}/masks/K0/000', '{res}/masks/A0/000', '{out}_dir', '{out}.h5', {threads})",
+}
+
+
+def shard_modes(run: Path, cfg: dict, n: int = 40, reps: int = 2) -> None:
+    """Issue 29, the sharded torch rules on 2 cores: wall seconds of one job at 2 threads on ``n``
+    ids of the finished run's shard 000 against two 1-thread jobs side by side on its halves (the
+    rules' ``shard_threads`` at --cores 2 with 2+ shards), each a fresh process as Snakemake starts
+    it (imports and model load included), ``reps`` times alternating. Needs the run's models,
+    CAM and seed masks; prints a Markdown table."""
+    import json
+    import subprocess
+    import tempfile
+
+    import h5py
+
+    res = (run / "results").resolve()
+    cfg = json.loads(json.dumps(cfg))
+    for block in ("data", "eval"):  # roots relative to the run's folder, as Snakemake reads them
+        if not Path(cfg[block]["root"]).is_absolute():
+            cfg[block]["root"] = str((run / cfg[block]["root"]).resolve())
+    ids = (res / "splits" / "train" / "000.txt").read_text().split()[:n]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "cfg.json").write_text(json.dumps(cfg))
+        parts = {"all": ids, "a": ids[: len(ids) // 2], "b": ids[len(ids) // 2:]}
+        for k, v in parts.items():
+            (tmp / f"ids_{k}.txt").write_text("\n".join(v) + "\n")
+            with h5py.File(res / "cam" / "000.h5") as src, h5py.File(tmp / f"cam_{k}.h5", "w") as dst:
+                for i in v:
+                    src.copy(src[i], dst, name=i)
+
+        def job(stage, part, threads, rep):
+            call = SHARD_CALLS[stage].format(res=res, ids=tmp / f"ids_{part}.txt", cam=tmp / f"cam_{part}.h5",
+                                             out=tmp / f"out_{stage}_{part}_{threads}_{rep}", threads=threads)
+            code = f"import json; from ssdd_core import stages; cfg = json.load(open('{tmp}/cfg.json')); {call}"
+            return subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+        def wall(procs):
+            t = time.perf_counter()
+            for p in procs:
+                _, err = p.communicate()
+                if p.returncode:
+                    raise RuntimeError(err.decode()[-3000:])
+            return time.perf_counter() - t
+
+        print("| rule | ids | 1 job × 2 threads (s) | 2 jobs × 1 thread side by side (s) | ratio |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for stage in SHARD_CALLS:
+            one, two = [], []
+            for rep in range(reps):
+                one.append(wall([job(stage, "all", 2, rep)]))
+                two.append(wall([job(stage, p, 1, rep) for p in "ab"]))
+            a, b = min(one), min(two)
+            print(f"| {stage} | {len(ids)} | {a:.1f} | {b:.1f} | {a / b:.2f}× |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run", nargs="?", default=".", type=Path, help="the workflow folder of a finished run")
@@ -154,8 +218,13 @@ def main():
     ap.add_argument("--scaling", action="store_true", help="only: s/step of each model kind at 1 vs 2 threads")
     ap.add_argument("--layouts", action="store_true",
                     help="with --scaling: also with the weights in the default NCHW layout (before channels-last)")
+    ap.add_argument("--shard-modes", action="store_true",
+                    help="only: a sharded torch rule (cam, psa, integrate) as one 2-thread job vs two 1-thread jobs")
     a = ap.parse_args()
     cfg = merged_config(a.configfile)
+    if a.shard_modes:
+        shard_modes(a.run, cfg)
+        return
     if a.scaling:
         thread_scaling(cfg, layouts=a.layouts)
         return
