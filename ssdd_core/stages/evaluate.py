@@ -55,6 +55,8 @@ def infer(cfg: dict, model_name: str, model_pt: str, ids_file: str, out_dir: str
     t0 = time.time()
     # With t ≥ 2 threads, the CRF of images i - t + 1 .. i runs on t worker processes while the
     # network sees image i + 1 (with 1 thread, Snakemake's parallel shards keep the cores busy instead).
+    # More shards beat more threads per shard: on 2 cores one such job was 1.39-1.44x slower than two
+    # 1-thread shards on the same 40 images (t // 2 torch threads beside t - t // 2 workers: 1.5x).
     overlap = params is not None and threads >= 2 and len(ids) > 1
     # Default start method (fork on Linux, like InLoopCRF): "spawn" would re-run Snakemake's
     # script file as the child's __main__ and kill the worker.
