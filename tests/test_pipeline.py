@@ -161,19 +161,21 @@ def test_crf_rules_on_worker_processes_write_what_one_process_writes(tiny_run, t
     """Issue 29: the tiny run's crf and aff_labels ran their images on 2 worker processes (the
     rule's threads); the same shard rerun here in one process gives the same m^A0 PNGs and the
     same la / ha score maps, in the same id order."""
-    import yaml
+    import sys
+
+    from conftest import REPO
 
     from ssdd_core import stages
     from ssdd_core.io import load_mask_png, read_h5, read_h5_ids
+
+    sys.path.insert(0, str(REPO / "tools"))
+    from config_files import merged_config
 
     wf, _ = tiny_run
     res = wf / "results"
     assert "2 worker(s)" in (wf / "logs" / "crf" / "000.log").read_text()
     assert "2 worker(s)" in (wf / "logs" / "aff_labels" / "000.log").read_text()
-    from snakemake.utils import update_config
-
-    cfg = yaml.safe_load((wf / "config.yaml").read_text())
-    update_config(cfg, yaml.safe_load((wf / "config" / "tiny.yaml").read_text()))
+    cfg = merged_config([wf / "config" / "tiny.yaml"])
     cfg["data"]["root"] = str(wf / cfg["data"]["root"])
     stages.crf(cfg, str(res / "psa" / "000.h5"), str(tmp_path / "A0"), workers=1)
     pool_masks = sorted(p.name for p in (res / "masks" / "A0" / "000").glob("*.png"))
